@@ -1,0 +1,190 @@
+"""Thin AMQP adapter over aio-pika: robust connection, topology, consumer, confirming publisher.
+
+Two channels: one consumes (per-consumer prefetch; acks must go back on it), one publishes with
+publisher confirms and ``on_return_raises`` so an unroutable message is an error, not a silent drop.
+Topology declared through robust channels is restored by aio-pika after a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+    DeliveryMode,
+)
+from aiormq.exceptions import ChannelInvalidStateError
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
+
+from .config import APP_ID, AmqpConfig, mask_url
+from .logs import get_logger
+from .metrics import Metrics
+
+log = get_logger(__name__)
+
+Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+PUBLISH_TIMEOUT_SECONDS = 30.0
+
+
+def channel_open(delivery: AbstractIncomingMessage) -> bool:
+    """False once the channel a delivery came on is gone: it can no longer be acked."""
+    try:
+        return not delivery.channel.is_closed
+    except ChannelInvalidStateError:
+        return False
+
+
+def string_headers(headers: dict[str, Any]) -> dict[str, Any]:
+    """Lamassu v2.5+ subscribers (watermill-amqp) accept string header values only."""
+    return {key: value if isinstance(value, str) else str(value) for key, value in headers.items()}
+
+
+class AmqpGateway:
+    def __init__(self, config: AmqpConfig, metrics: Metrics) -> None:
+        self._config = config
+        self._metrics = metrics
+        self.connection: AbstractRobustConnection | None = None
+        self._consume_channel: AbstractRobustChannel | None = None
+        self._publish_channel: AbstractRobustChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+
+    async def connect(self) -> None:
+        """Connect, retrying with backoff: a broker that is still starting is not a fatal error."""
+        async for attempt in AsyncRetrying(
+            wait=wait_random_exponential(multiplier=0.5, max=15),
+            retry=retry_if_exception_type((ConnectionError, OSError, asyncio.TimeoutError)),
+            before_sleep=lambda state: log.warning(
+                "amqp.connect_failed",
+                url=mask_url(self._config.url),
+                attempt=state.attempt_number,
+                error=repr(state.outcome.exception()) if state.outcome else None,
+            ),
+        ):
+            with attempt:
+                self.connection = await aio_pika.connect_robust(
+                    self._config.url,
+                    heartbeat=self._config.heartbeat_seconds,
+                    client_properties={"connection_name": APP_ID},
+                    timeout=10,
+                )
+        assert self.connection is not None
+        self._metrics.amqp_connected.set(1)
+        self.connection.close_callbacks.add(self._on_connection_lost)
+        self.connection.reconnect_callbacks.add(self._on_reconnected)
+        self._consume_channel = await self.connection.channel()  # type: ignore[assignment]
+        await self._consume_channel.set_qos(prefetch_count=self._config.prefetch)
+        self._publish_channel = await self.connection.channel(  # type: ignore[assignment]
+            publisher_confirms=True, on_return_raises=True
+        )
+        log.info("amqp.connected", url=mask_url(self._config.url))
+
+    def _on_connection_lost(self, *_: Any) -> None:
+        self._metrics.amqp_connected.set(0)
+        log.warning("amqp.connection_lost", url=mask_url(self._config.url))
+
+    def _on_reconnected(self, *_: Any) -> None:
+        self._metrics.amqp_connected.set(1)
+        log.info("amqp.reconnected", url=mask_url(self._config.url))
+
+    @property
+    def connected(self) -> bool:
+        return self.connection is not None and self.connection.connected.is_set()
+
+    async def wait_connected(self) -> None:
+        assert self.connection is not None
+        await self.connection.connected.wait()
+
+    async def declare_events_queue(self) -> AbstractQueue:
+        """The durable events queue, bound to every configured exchange with every binding key."""
+        assert self._consume_channel is not None
+        channel = self._consume_channel
+        queue = await channel.declare_queue(self._config.queue, durable=True)
+        for exchange_name in self._config.exchanges:
+            exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
+            for key in self._config.binding_keys:
+                await queue.bind(exchange, routing_key=key)
+        # The v1 path (default exchange, routing key = queue name) needs no binding.
+        await channel.declare_queue(self._config.dead_letter_queue, durable=True)
+        self._queue = queue
+        return queue
+
+    async def declare_durable_queue(self, name: str) -> None:
+        assert self._publish_channel is not None
+        await self._publish_channel.declare_queue(name, durable=True)
+
+    async def declare_topic_exchange(self, name: str) -> None:
+        assert self._publish_channel is not None
+        self._exchanges[name] = await self._publish_channel.declare_exchange(
+            name, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+
+    async def consume(self, handler: Handler) -> None:
+        assert self._queue is not None
+        self._consumer_tag = await self._queue.consume(handler)
+
+    async def cancel_consumer(self) -> None:
+        if self._queue is not None and self._consumer_tag is not None:
+            tag, self._consumer_tag = self._consumer_tag, None
+            try:
+                await self._queue.cancel(tag)
+            except Exception as exc:  # the channel may already be gone; deliveries then return anyway
+                log.warning("amqp.cancel_failed", error=repr(exc))
+
+    async def publish(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
+        """Publish and wait for the broker's confirm; raises on nack, return (unroutable) or timeout."""
+        assert self._publish_channel is not None
+        target = self._exchanges.get(exchange)
+        if target is None:
+            if exchange:
+                target = await self._publish_channel.get_exchange(exchange, ensure=False)
+            else:
+                target = self._publish_channel.default_exchange
+            self._exchanges[exchange] = target
+        await target.publish(message, routing_key, mandatory=True, timeout=PUBLISH_TIMEOUT_SECONDS)
+
+    async def dead_letter(
+        self, delivery: AbstractIncomingMessage, queue: str, code: str, reason: str
+    ) -> None:
+        """Publish a copy of the delivery, with the reason in headers, to a dead-letter queue."""
+        headers = dict(delivery.headers or {})
+        headers.update(
+            {
+                "x-error-code": code,
+                "x-error-message": reason,
+                "x-original-exchange": delivery.exchange or "",
+                "x-original-routing-key": delivery.routing_key or "",
+                "x-dead-lettered-by": APP_ID,
+                "x-dead-lettered-at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            }
+        )
+        copy = aio_pika.Message(
+            body=delivery.body,
+            headers=headers,
+            content_type=delivery.content_type,
+            content_encoding=delivery.content_encoding,
+            delivery_mode=DeliveryMode.PERSISTENT,
+            priority=delivery.priority,
+            correlation_id=delivery.correlation_id,
+            reply_to=delivery.reply_to,
+            message_id=delivery.message_id,
+            timestamp=delivery.timestamp,
+            type=delivery.type,
+            app_id=delivery.app_id,
+        )
+        await self.publish("", queue, copy)
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            await self.connection.close()
+            self._metrics.amqp_connected.set(0)

@@ -1,0 +1,189 @@
+"""One validated configuration model: a YAML file, overridden by environment variables.
+
+Environment variables win over the file. They are named ``LAMASSU_<SECTION>__<KEY>``, for
+example ``LAMASSU_AMQP__URL`` or ``LAMASSU_SQS__ENDPOINT_URL``; list values are given as
+JSON (``LAMASSU_AMQP__EXCHANGES='["lamassu-events","lamassu"]'``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "LAMASSU_"
+APP_ID = "lamassu-aws-connector"
+
+
+class _Section(BaseModel):
+    # A typo in a key must stop the daemon rather than silently fall back to a default.
+    model_config = ConfigDict(extra="forbid")
+
+
+class AmqpConfig(_Section):
+    url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    exchanges: list[str] = Field(default_factory=lambda: ["lamassu-events"])
+    binding_keys: list[str] = Field(default_factory=lambda: ["#"])
+    queue: str = Field("lamassu_events", min_length=1)
+    dead_letter_queue: str = Field("lamassu_events.dlq", min_length=1)
+    prefetch: int = Field(200, ge=1, le=65535)
+    reply_exchange: str = Field("lamassu-events", min_length=1)
+    reply_dead_letter_queue: str = Field("lamassu-response.dlq", min_length=1)
+    heartbeat_seconds: int = Field(30, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _amqp_scheme(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in ("amqp", "amqps"):
+            raise ValueError(f"must start with amqp:// or amqps:// (got scheme {scheme!r})")
+        return value
+
+    @field_validator("exchanges", "binding_keys")
+    @classmethod
+    def _no_empty_names(cls, value: list[str]) -> list[str]:
+        if any(not item for item in value):
+            raise ValueError("entries must be non-empty strings")
+        return value
+
+
+class SqsConfig(_Section):
+    region: str = Field("us-east-1", min_length=1)
+    endpoint_url: str | None = None
+    command_queue: str = Field("lamassu-command", min_length=1)
+    response_queue: str = Field("lamassu-response", min_length=1)
+    create_queues: bool = False
+    fifo_group_by: Literal["subject", "source", "type"] = "subject"
+    pollers: int = Field(2, ge=1, le=64)
+    wait_time_seconds: int = Field(20, ge=1, le=20)
+    visibility_timeout: int = Field(60, ge=5, le=43200)
+    connect_timeout_seconds: float = Field(5.0, gt=0)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _http_endpoint(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+class ForwardConfig(_Section):
+    types: list[str] = Field(default_factory=lambda: ["*"])
+    linger_ms: float = Field(5.0, ge=0, le=10_000)
+    max_batches_in_flight: int = Field(8, ge=1, le=128)
+    max_entry_attempts: int = Field(8, ge=1)
+    retry_max_backoff_seconds: float = Field(20.0, gt=0)
+
+
+class ValidationConfig(_Section):
+    repair_missing_id: bool = True
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console", "auto"] = "auto"
+
+    @field_validator("level", "format", mode="before")
+    @classmethod
+    def _lowercase(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class ShutdownConfig(_Section):
+    grace_seconds: float = Field(25.0, ge=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        case_sensitive=False,
+    )
+
+    amqp: AmqpConfig = Field(default_factory=AmqpConfig)
+    sqs: SqsConfig = Field(default_factory=SqsConfig)
+    forward: ForwardConfig = Field(default_factory=ForwardConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; environment variables must override it.
+        return (env_settings, init_settings)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration with every secret replaced, safe to print or log."""
+        dumped = self.model_dump(mode="json")
+        dumped["amqp"]["url"] = mask_url(self.amqp.url)
+        return dumped
+
+
+class ConfigError(Exception):
+    """A configuration that cannot run; the message names the offending key."""
+
+
+def mask_url(url: str) -> str:
+    """Replace the password of a URL (amqp://user:secret@host/) by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username or ''}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def load_settings(path: str | Path | None) -> Settings:
+    """Read the YAML file (if any), apply environment overrides, validate everything."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections at top level")
+        data = loaded
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors(include_url=False):
+        key = ".".join(str(part) for part in error["loc"])
+        message = error["msg"]
+        if error["type"] not in ("missing", "extra_forbidden") and "input" in error:
+            shown = error["input"]
+            if key.endswith("url") and isinstance(shown, str):
+                shown = mask_url(shown)
+            message = f"{message} (got {shown!r})"
+        lines.append(f"{key}: {message}")
+    return "invalid configuration: " + "; ".join(lines)

@@ -1,0 +1,84 @@
+"""Prometheus metrics, one registry per running service (tests run several in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events_consumed = Counter(
+            "lamassu_connector_events_consumed", "AMQP deliveries taken from the events queue", registry=r
+        )
+        self.events_forwarded = Counter(
+            "lamassu_connector_events_forwarded", "Events confirmed by SQS and acked", registry=r
+        )
+        self.events_skipped = Counter(
+            "lamassu_connector_events_skipped",
+            "Events acked without forwarding",
+            ["reason"],
+            registry=r,
+        )
+        self.events_dead_lettered = Counter(
+            "lamassu_connector_events_dead_lettered",
+            "Events published to the dead-letter queue",
+            ["code"],
+            registry=r,
+        )
+        self.events_repaired = Counter(
+            "lamassu_connector_events_repaired", "Events forwarded with a repaired id", registry=r
+        )
+        self.sqs_calls = Counter(
+            "lamassu_connector_sqs_calls", "SQS API calls", ["operation"], registry=r
+        )
+        self.sqs_errors = Counter(
+            "lamassu_connector_sqs_errors", "SQS API calls or entries that failed", ["operation", "code"], registry=r
+        )
+        self.sqs_entry_retries = Counter(
+            "lamassu_connector_sqs_entry_retries", "Batch entries sent again after a failure", registry=r
+        )
+        self.batch_size = Histogram(
+            "lamassu_connector_sqs_batch_entries",
+            "Entries per SendMessageBatch call",
+            buckets=(1, 2, 3, 4, 5, 6, 7, 8, 9, 10),
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "lamassu_connector_outbound_in_flight", "Deliveries received and not yet settled", registry=r
+        )
+        self.outbound_latency = Histogram(
+            "lamassu_connector_outbound_latency_seconds",
+            "AMQP receive to SQS confirmed",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.replies_received = Counter(
+            "lamassu_connector_replies_received", "Messages received from the SQS response queue", registry=r
+        )
+        self.replies_relayed = Counter(
+            "lamassu_connector_replies_relayed", "Replies confirmed by RabbitMQ and deleted from SQS", registry=r
+        )
+        self.replies_dead_lettered = Counter(
+            "lamassu_connector_replies_dead_lettered",
+            "Replies published to the reply dead-letter queue",
+            ["code"],
+            registry=r,
+        )
+        self.replies_unroutable = Counter(
+            "lamassu_connector_replies_unroutable",
+            "Replies RabbitMQ returned as unroutable (kept in SQS)",
+            registry=r,
+        )
+        self.inbound_latency = Histogram(
+            "lamassu_connector_inbound_latency_seconds",
+            "SQS receive to AMQP confirmed",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.amqp_connected = Gauge(
+            "lamassu_connector_amqp_connected", "1 while the AMQP connection is open", registry=r
+        )

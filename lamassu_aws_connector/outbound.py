@@ -1,0 +1,383 @@
+"""Outbound pipeline: RabbitMQ ``lamassu_events`` -> SQS ``lamassu-command``, at-least-once.
+
+Every delivery ends in exactly one of three ways, and is acked only after it:
+
+* forwarded: SQS confirmed its batch entry;
+* skipped: published by this connector (loop guard) or its type is not in ``forward.types``;
+* dead-lettered: published (confirmed) to ``amqp.dead_letter_queue`` with ``x-error-code``. That is
+  where a message goes when it cannot be parsed, is too large, or SQS rejects its entry (a sender
+  fault, or ``forward.max_entry_attempts`` entry-level failures).
+
+SQS outages and request-level errors are retried with capped, jittered backoff for as long as it
+takes; the deliveries stay unacked meanwhile, so prefetch is the backpressure. If the AMQP channel
+is lost before the ack, RabbitMQ redelivers the message and SQS may receive it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import hashlib
+import re
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
+
+from .amqp import AmqpGateway, channel_open
+from .config import APP_ID, Settings
+from .events import ErrorCode, ParsedEvent, Rejection, forbidden_sqs_character, is_w3c_traceparent, parse_amqp
+from .logs import get_logger
+from .metrics import Metrics
+from .sqs import QueueInfo, SqsGateway, error_code, is_batch_too_long, message_attributes_size
+
+log = get_logger(__name__)
+
+_MAX_BATCH_ENTRIES = 10
+_FIFO_ID = re.compile(r"[A-Za-z0-9!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]{1,128}\Z")
+
+
+@dataclass(slots=True, eq=False)
+class Pending:
+    """One delivery waiting for SQS."""
+
+    delivery: AbstractIncomingMessage
+    parsed: ParsedEvent
+    entry: dict[str, Any]
+    size: int
+    received_at: float
+    failed_attempts: int = 0
+    log_fields: dict[str, Any] = field(default_factory=dict)
+
+
+class _EntriesPending(Exception):
+    """Some entries of a batch are still to be sent: try again after a backoff."""
+
+
+class Batcher:
+    """Groups entries into SendMessageBatch calls: at most 10 entries and ``max_bytes``.
+
+    A batch leaves when it is full, when ``linger`` has passed since its first entry, or when a
+    sending slot frees up; while every slot is busy, entries keep accumulating so batches fill.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[list[Pending]], Awaitable[None]],
+        *,
+        max_bytes: int,
+        linger_seconds: float,
+        max_in_flight: int,
+    ) -> None:
+        self._send = send
+        self._max_bytes = max_bytes
+        self._linger = linger_seconds
+        self._free_slots = max_in_flight
+        self._buffer: deque[Pending] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._buffer)
+
+    def add(self, item: Pending) -> None:
+        self._buffer.append(item)
+        if len(self._buffer) >= _MAX_BATCH_ENTRIES:
+            self._dispatch(force=False)
+        if self._buffer and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._linger, self._on_linger)
+
+    def _on_linger(self) -> None:
+        self._timer = None
+        self._dispatch(force=True)
+
+    def _dispatch(self, *, force: bool) -> None:
+        while self._buffer and self._free_slots > 0 and (force or len(self._buffer) >= _MAX_BATCH_ENTRIES):
+            batch = [self._buffer.popleft()]
+            size = batch[0].size
+            while self._buffer and len(batch) < _MAX_BATCH_ENTRIES and size + self._buffer[0].size <= self._max_bytes:
+                item = self._buffer.popleft()
+                batch.append(item)
+                size += item.size
+            self._free_slots -= 1
+            task = asyncio.create_task(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if not self._buffer and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    async def _run(self, batch: list[Pending]) -> None:
+        try:
+            await self._send(batch)
+        finally:
+            self._free_slots += 1
+            # Whatever queued up while this batch was out has waited long enough.
+            self._dispatch(force=True)
+
+    async def drain(self) -> None:
+        """Send everything buffered and wait until every batch has settled."""
+        while self._buffer or self._tasks:
+            self._dispatch(force=True)
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+
+
+class OutboundPipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        amqp: AmqpGateway,
+        sqs: SqsGateway,
+        command_queue: QueueInfo,
+        metrics: Metrics,
+    ) -> None:
+        self._settings = settings
+        self._amqp = amqp
+        self._sqs = sqs
+        self._queue = command_queue
+        self._metrics = metrics
+        self._source_queue = settings.amqp.queue
+        self._forward = _type_matcher(settings.forward.types)
+        self._batcher = Batcher(
+            self._send_with_retries,
+            max_bytes=command_queue.max_message_bytes,
+            linger_seconds=settings.forward.linger_ms / 1000,
+            # FIFO order within a message group survives only with one batch out at a time.
+            max_in_flight=1 if command_queue.fifo else settings.forward.max_batches_in_flight,
+        )
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self._amqp.declare_events_queue()
+        await self._amqp.consume(self.on_delivery)
+        log.info(
+            "outbound.started",
+            queue=self._source_queue,
+            sqs_queue=self._queue.name,
+            exchanges=self._settings.amqp.exchanges,
+            max_message_bytes=self._queue.max_message_bytes,
+            fifo=self._queue.fifo,
+        )
+
+    async def stop(self) -> None:
+        """Stop consuming, then flush and settle what was received. Bound it with a timeout."""
+        await self._amqp.cancel_consumer()
+        while self._handlers:
+            await asyncio.wait(set(self._handlers))
+        await self._batcher.drain()
+
+    async def on_delivery(self, delivery: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        self._metrics.events_consumed.inc()
+        self._metrics.in_flight.inc()
+        try:
+            await self._handle(delivery)
+        except Exception as exc:  # a bug must not kill the consumer or loop the message forever
+            log.exception("outbound.internal_error", queue=self._source_queue, message_id=delivery.message_id)
+            await self._dead_letter(delivery, ErrorCode.INTERNAL_ERROR, f"connector error: {exc!r}", {})
+        finally:
+            if task is not None:
+                self._handlers.discard(task)
+
+    async def _handle(self, delivery: AbstractIncomingMessage) -> None:
+        if delivery.app_id == APP_ID:
+            await self._skip(delivery, "loop_guard", {"queue": self._source_queue, "message_id": delivery.message_id})
+            return
+        received_at = time.monotonic()
+        limit = self._queue.max_message_bytes
+        body = delivery.body
+        if len(body) > limit:
+            reason = f"message body is {len(body)} bytes; SQS queue {self._queue.name} accepts at most {limit}"
+            await self._dead_letter(delivery, ErrorCode.TOO_LARGE, reason, {})
+            return
+        try:
+            parsed = parse_amqp(
+                body,
+                delivery.content_type,
+                delivery.headers,
+                repair_missing_id=self._settings.validation.repair_missing_id,
+            )
+        except Rejection as rejection:
+            await self._dead_letter(delivery, rejection.code, rejection.message, {})
+            return
+        fields = {"event_id": parsed.id, "event_type": parsed.type, "queue": self._source_queue}
+        if parsed.repaired_id:
+            self._metrics.events_repaired.inc()
+            log.warning("outbound.id_repaired", **fields, reason="event arrived without an id")
+        if not self._forward(parsed.type):
+            await self._skip(delivery, "type_not_forwarded", fields)
+            return
+        bad_char = forbidden_sqs_character(parsed.body)
+        if bad_char is not None:
+            reason = f"event contains the character {bad_char}, which SQS does not accept in a message body"
+            await self._dead_letter(delivery, ErrorCode.SQS_REJECTED, reason, fields)
+            return
+        entry = self._entry(parsed, delivery)
+        size = len(parsed.body) + message_attributes_size(entry["MessageAttributes"])
+        if size > limit:
+            reason = f"event is {size} bytes with its attributes; SQS queue {self._queue.name} accepts at most {limit}"
+            await self._dead_letter(delivery, ErrorCode.TOO_LARGE, reason, fields)
+            return
+        self._batcher.add(Pending(delivery, parsed, entry, size, received_at, log_fields=fields))
+
+    def _entry(self, parsed: ParsedEvent, delivery: AbstractIncomingMessage) -> dict[str, Any]:
+        event = parsed.event
+        attributes = {
+            "ce-specversion": event.specversion,
+            "ce-type": event.type,
+            "ce-source": event.source,
+            "ce-id": event.id,
+        }
+        if event.subject:
+            attributes["ce-subject"] = event.subject
+        if event.time:
+            attributes["ce-time"] = event.time
+        traceparent = parsed.traceparent or _header_traceparent(delivery)
+        if traceparent:
+            attributes["traceparent"] = traceparent
+        entry: dict[str, Any] = {
+            "MessageBody": parsed.body.decode("utf-8"),
+            "MessageAttributes": {
+                name: {"DataType": "String", "StringValue": value} for name, value in attributes.items()
+            },
+        }
+        if self._queue.fifo:
+            group_by = self._settings.sqs.fifo_group_by
+            group = {"subject": event.subject or event.source, "source": event.source, "type": event.type}[group_by]
+            entry["MessageGroupId"] = group if _FIFO_ID.match(group) else hashlib.sha256(group.encode()).hexdigest()
+            # Lamassu ids are not unique ("unknown", ""), so deduplicate on content.
+            entry["MessageDeduplicationId"] = hashlib.sha256(parsed.body).hexdigest()
+        return entry
+
+    async def _send_with_retries(self, batch: list[Pending]) -> None:
+        remaining = batch
+        async for attempt in AsyncRetrying(
+            wait=wait_random_exponential(multiplier=0.1, max=self._settings.forward.retry_max_backoff_seconds),
+            retry=retry_if_exception_type(_EntriesPending),
+            reraise=True,
+        ):
+            with attempt:
+                remaining = await self._send_once(remaining)
+                if remaining:
+                    raise _EntriesPending
+
+    async def _send_once(self, items: list[Pending]) -> list[Pending]:
+        """One SendMessageBatch; settles what succeeded or can never succeed, returns the rest."""
+        entries = [{"Id": str(index), **item.entry} for index, item in enumerate(items)]
+        try:
+            response = await self._sqs.send_batch(self._queue, entries)
+        except Exception as exc:
+            if is_batch_too_long(exc) and len(items) > 1:
+                # The queue's limit shrank under us: send one entry per call this time.
+                rest = await asyncio.gather(*(self._send_once([item]) for item in items))
+                return [item for part in rest for item in part]
+            log.warning(
+                "outbound.sqs_send_failed",
+                sqs_queue=self._queue.name,
+                entries=len(items),
+                error=error_code(exc),
+                detail=str(exc)[:300],
+            )
+            return items
+        now = time.monotonic()
+        by_id = dict(enumerate(items))
+        for success in response.get("Successful", []):
+            item = by_id.pop(int(success["Id"]))
+            if await self._ack(item.delivery, item.log_fields):
+                self._metrics.events_forwarded.inc()
+                self._metrics.outbound_latency.observe(now - item.received_at)
+                log.info(
+                    "outbound.forwarded",
+                    **item.log_fields,
+                    sqs_queue=self._queue.name,
+                    sqs_message_id=success.get("MessageId"),
+                )
+        retry: list[Pending] = []
+        for failure in response.get("Failed", []):
+            item = by_id.pop(int(failure["Id"]))
+            item.failed_attempts += 1
+            code = failure.get("Code", "unknown")
+            self._metrics.sqs_errors.labels("SendMessageBatchEntry", code).inc()
+            message = failure.get("Message", "")
+            if failure.get("SenderFault") or item.failed_attempts >= self._settings.forward.max_entry_attempts:
+                reason = f"SQS rejected the entry after {item.failed_attempts} attempt(s): {code}: {message}"
+                await self._dead_letter(item.delivery, ErrorCode.SQS_REJECTED, reason, item.log_fields)
+            else:
+                log.warning("outbound.entry_failed", **item.log_fields, error=code, detail=message, retrying=True)
+                self._metrics.sqs_entry_retries.inc()
+                retry.append(item)
+        # An entry missing from both lists was not confirmed: send it again.
+        retry.extend(by_id.values())
+        return retry
+
+    async def _ack(self, delivery: AbstractIncomingMessage, fields: dict[str, Any]) -> bool:
+        self._metrics.in_flight.dec()
+        try:
+            await delivery.ack()
+            return True
+        except Exception as exc:
+            # The channel closed since the delivery: RabbitMQ will redeliver it (a duplicate in SQS at worst).
+            log.warning("outbound.ack_failed", **fields, error=repr(exc))
+            return False
+
+    async def _skip(self, delivery: AbstractIncomingMessage, reason: str, fields: dict[str, Any]) -> None:
+        self._metrics.events_skipped.labels(reason).inc()
+        log.debug("outbound.skipped", **fields, reason=reason)
+        await self._ack(delivery, fields)
+
+    async def _dead_letter(
+        self, delivery: AbstractIncomingMessage, code: ErrorCode, reason: str, fields: dict[str, Any]
+    ) -> None:
+        """Publish to the dead-letter queue (confirmed), then ack. Retries while the channel lives."""
+        fields = fields or {"queue": self._source_queue, "message_id": delivery.message_id}
+        dlq = self._settings.amqp.dead_letter_queue
+        async for attempt in AsyncRetrying(
+            wait=wait_random_exponential(multiplier=0.2, max=10),
+            retry=lambda state: state.outcome is not None and state.outcome.failed and channel_open(delivery),
+            reraise=True,
+        ):
+            with attempt:
+                try:
+                    await self._amqp.dead_letter(delivery, dlq, code.value, reason)
+                except Exception as exc:
+                    log.warning("outbound.dead_letter_failed", **fields, error=repr(exc))
+                    if not channel_open(delivery):
+                        # Redelivered later and dead-lettered then; nothing is lost.
+                        self._metrics.in_flight.dec()
+                        return
+                    raise
+        self._metrics.events_dead_lettered.labels(code.value).inc()
+        log.warning("outbound.dead_lettered", **fields, error_code=code.value, reason=reason, dead_letter_queue=dlq)
+        await self._ack(delivery, fields)
+
+
+def _type_matcher(patterns: list[str]) -> Callable[[str], bool]:
+    if "*" in patterns:
+        return lambda _type: True
+    regex = re.compile("|".join(fnmatch.translate(p) for p in patterns)) if patterns else None
+    cache: dict[str, bool] = {}
+
+    def matches(event_type: str) -> bool:
+        hit = cache.get(event_type)
+        if hit is None:
+            hit = bool(regex and regex.match(event_type))
+            if len(cache) < 10_000:
+                cache[event_type] = hit
+        return hit
+
+    return matches
+
+
+def _header_traceparent(delivery: AbstractIncomingMessage) -> str | None:
+    value = (delivery.headers or {}).get("traceparent")
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    # Lamassu v2.0 put the event id in this header: forward only a real W3C trace context.
+    return value if isinstance(value, str) and is_w3c_traceparent(value) else None

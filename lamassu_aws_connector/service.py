@@ -1,0 +1,134 @@
+"""Wiring and lifecycle: start the adapters and pipelines, wait for a stop, drain, close.
+
+Start-up waits (with backoff) for RabbitMQ and the SQS endpoint rather than crash-looping; a
+configuration that can never work (missing queue, conflicting exchange type, no AWS
+credentials) stops it with one clear error. A stop drains within ``shutdown.grace_seconds``:
+whatever is still unsettled then is not acked, so RabbitMQ delivers it again later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+from typing import Any
+
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    HTTPClientError,
+    ReadTimeoutError,
+)
+from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
+
+from . import __version__
+from .amqp import AmqpGateway
+from .config import Settings
+from .logs import get_logger
+from .metrics import Metrics
+from .outbound import OutboundPipeline
+from .sqs import QueueInfo, SqsGateway, error_code
+
+log = get_logger(__name__)
+
+
+class StartupError(Exception):
+    pass
+
+
+def _sqs_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, EndpointConnectionError | ConnectionClosedError | ConnectTimeoutError | ReadTimeoutError):
+        return True
+    if isinstance(exc, HTTPClientError):
+        return True
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return status >= 500 or "Throttl" in error_code(exc)
+    return False
+
+
+class Service:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.started = asyncio.Event()
+        self._stop = asyncio.Event()
+        self.outbound: OutboundPipeline | None = None
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        serving = asyncio.create_task(self._serve())
+        stopping = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not serving.done() and not self.started.is_set():
+                log.info("connector.stopped_during_startup")
+                serving.cancel()
+            try:
+                return await serving
+            except asyncio.CancelledError:
+                if serving.cancelled() and self._stop.is_set():
+                    return 0
+                raise
+        finally:
+            stopping.cancel()
+
+    async def _serve(self) -> int:
+        settings = self.settings
+        log.info("connector.starting", version=__version__, config=settings.masked())
+        async with AsyncExitStack() as stack:
+            sqs = await stack.enter_async_context(SqsGateway(settings.sqs, self.metrics))
+            command_queue = await self._resolve(sqs, settings.sqs.command_queue)
+            amqp = AmqpGateway(settings.amqp, self.metrics)
+            stack.push_async_callback(amqp.close)
+            await amqp.connect()
+            self.outbound = OutboundPipeline(settings, amqp, sqs, command_queue, self.metrics)
+            try:
+                await self.outbound.start()
+            except Exception as exc:
+                raise StartupError(f"cannot set up the AMQP topology: {exc}") from exc
+            self.started.set()
+            log.info("connector.started")
+            await self._stop.wait()
+            log.info("connector.stopping", grace_seconds=settings.shutdown.grace_seconds)
+            try:
+                await asyncio.wait_for(self._drain(), settings.shutdown.grace_seconds)
+            except TimeoutError:
+                log.warning(
+                    "connector.grace_expired",
+                    detail="unsettled deliveries are left unacked; RabbitMQ will deliver them again",
+                )
+        log.info("connector.stopped")
+        return 0
+
+    async def _drain(self) -> None:
+        if self.outbound is not None:
+            await self.outbound.stop()
+
+    async def _resolve(self, sqs: SqsGateway, name: str) -> QueueInfo:
+        async for attempt in AsyncRetrying(
+            wait=wait_random_exponential(multiplier=0.5, max=15),
+            retry=retry_if_exception(_sqs_unavailable),
+            before_sleep=lambda state: log.warning(
+                "sqs.unavailable",
+                sqs_queue=name,
+                attempt=state.attempt_number,
+                error=_outcome_error(state),
+            ),
+            reraise=True,
+        ):
+            with attempt:
+                try:
+                    return await sqs.resolve(name, create=self.settings.sqs.create_queues)
+                except Exception as exc:
+                    if _sqs_unavailable(exc):
+                        raise
+                    raise StartupError(f"cannot use SQS queue {name!r}: {exc}") from exc
+        raise AssertionError("unreachable")
+
+
+def _outcome_error(state: Any) -> str | None:
+    return repr(state.outcome.exception()) if state.outcome is not None else None

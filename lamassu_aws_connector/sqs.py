@@ -1,0 +1,149 @@
+"""Thin SQS adapter over aiobotocore: queue resolution, batch send, long poll, batch delete.
+
+It returns what SQS answered and raises what botocore raised; what to do about a failure is the
+pipelines' business. Credentials come from the standard botocore chain and are never logged.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import ClientError
+
+from .config import SqsConfig
+from .metrics import Metrics
+
+_LEGACY_MAX_MESSAGE_BYTES = 262_144
+_NOT_FOUND_CODES = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
+_BATCH_TOO_LONG_CODES = {"AWS.SimpleQueueService.BatchRequestTooLong", "BatchRequestTooLong"}
+
+
+class QueueNotFound(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    name: str
+    url: str
+    max_message_bytes: int
+    fifo: bool
+
+
+def error_code(exc: BaseException) -> str:
+    """A short label for a failed call: the AWS error code, or the exception class."""
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", "ClientError"))
+    return type(exc).__name__
+
+
+def is_batch_too_long(exc: BaseException) -> bool:
+    return isinstance(exc, ClientError) and error_code(exc) in _BATCH_TOO_LONG_CODES
+
+
+def message_attributes_size(attributes: dict[str, dict[str, str]]) -> int:
+    """Bytes SQS counts against the message size for these String attributes."""
+    return sum(
+        len(name.encode()) + len(value["DataType"].encode()) + len(value["StringValue"].encode())
+        for name, value in attributes.items()
+    )
+
+
+class SqsGateway:
+    def __init__(self, config: SqsConfig, metrics: Metrics) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._stack = AsyncExitStack()
+        self._client: Any = None
+
+    async def __aenter__(self) -> SqsGateway:
+        client_config = AioConfig(
+            # botocore retries throttling and 5xx a few times quickly; longer outages are the
+            # pipelines' retry loops, which never drop an entry.
+            retries={"mode": "standard", "max_attempts": 3},
+            connect_timeout=self._config.connect_timeout_seconds,
+            read_timeout=self._config.wait_time_seconds + 15,
+            max_pool_connections=64,
+        )
+        self._client = await self._stack.enter_async_context(
+            get_session().create_client(
+                "sqs",
+                region_name=self._config.region,
+                endpoint_url=self._config.endpoint_url,
+                config=client_config,
+            )
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stack.aclose()
+
+    async def _call(self, operation: str, **params: Any) -> dict[str, Any]:
+        self._metrics.sqs_calls.labels(operation).inc()
+        try:
+            result: dict[str, Any] = await getattr(self._client, _snake(operation))(**params)
+        except Exception as exc:
+            self._metrics.sqs_errors.labels(operation, error_code(exc)).inc()
+            raise
+        return result
+
+    async def resolve(self, name: str, *, create: bool) -> QueueInfo:
+        """Find a queue (creating it when allowed) and read its size limit and FIFO flag."""
+        try:
+            url = (await self._call("GetQueueUrl", QueueName=name))["QueueUrl"]
+        except ClientError as exc:
+            if error_code(exc) not in _NOT_FOUND_CODES:
+                raise
+            if not create:
+                raise QueueNotFound(
+                    f"SQS queue {name!r} does not exist (create it, or set sqs.create_queues: true)"
+                ) from None
+            attributes = {"FifoQueue": "true"} if name.endswith(".fifo") else {}
+            url = (await self._call("CreateQueue", QueueName=name, Attributes=attributes))["QueueUrl"]
+        attrs = (
+            await self._call(
+                "GetQueueAttributes", QueueUrl=url, AttributeNames=["MaximumMessageSize", "FifoQueue"]
+            )
+        ).get("Attributes", {})
+        return QueueInfo(
+            name=name,
+            url=url,
+            max_message_bytes=int(attrs.get("MaximumMessageSize", _LEGACY_MAX_MESSAGE_BYTES)),
+            fifo=attrs.get("FifoQueue", "false").lower() == "true",
+        )
+
+    async def send_batch(self, queue: QueueInfo, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        self._metrics.batch_size.observe(len(entries))
+        return await self._call("SendMessageBatch", QueueUrl=queue.url, Entries=entries)
+
+    async def receive(self, queue: QueueInfo, *, wait_seconds: int, visibility_timeout: int) -> list[dict[str, Any]]:
+        result = await self._call(
+            "ReceiveMessage",
+            QueueUrl=queue.url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=wait_seconds,
+            VisibilityTimeout=visibility_timeout,
+            MessageAttributeNames=["All"],
+            MessageSystemAttributeNames=["All"],
+        )
+        messages: list[dict[str, Any]] = result.get("Messages", [])
+        return messages
+
+    async def delete_batch(self, queue: QueueInfo, receipts: dict[str, str]) -> dict[str, Any]:
+        """Delete by {entry id: receipt handle}; the answer lists Successful and Failed ids."""
+        entries = [{"Id": key, "ReceiptHandle": handle} for key, handle in receipts.items()]
+        return await self._call("DeleteMessageBatch", QueueUrl=queue.url, Entries=entries)
+
+    async def change_visibility_batch(self, queue: QueueInfo, receipts: dict[str, str], timeout: int) -> dict[str, Any]:
+        entries = [
+            {"Id": key, "ReceiptHandle": handle, "VisibilityTimeout": timeout} for key, handle in receipts.items()
+        ]
+        return await self._call("ChangeMessageVisibilityBatch", QueueUrl=queue.url, Entries=entries)
+
+
+def _snake(operation: str) -> str:
+    return "".join("_" + ch.lower() if ch.isupper() else ch for ch in operation).lstrip("_")
