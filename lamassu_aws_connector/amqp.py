@@ -82,11 +82,9 @@ class AmqpGateway:
         self._metrics.amqp_connected.set(1)
         self.connection.close_callbacks.add(self._on_connection_lost)
         self.connection.reconnect_callbacks.add(self._on_reconnected)
-        self._consume_channel = await self.connection.channel()  # type: ignore[assignment]
+        self._consume_channel = await self.connection.channel()
         await self._consume_channel.set_qos(prefetch_count=self._config.prefetch)
-        self._publish_channel = await self.connection.channel(  # type: ignore[assignment]
-            publisher_confirms=True, on_return_raises=True
-        )
+        self._publish_channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
         log.info("amqp.connected", url=mask_url(self._config.url))
 
     def _on_connection_lost(self, *_: Any) -> None:
@@ -153,9 +151,7 @@ class AmqpGateway:
             self._exchanges[exchange] = target
         await target.publish(message, routing_key, mandatory=True, timeout=PUBLISH_TIMEOUT_SECONDS)
 
-    async def dead_letter(
-        self, delivery: AbstractIncomingMessage, queue: str, code: str, reason: str
-    ) -> None:
+    async def dead_letter(self, delivery: AbstractIncomingMessage, queue: str, code: str, reason: str) -> None:
         """Publish a copy of the delivery, with the reason in headers, to a dead-letter queue."""
         headers = dict(delivery.headers or {})
         headers.update(

@@ -44,9 +44,7 @@ class Rejection(Exception):
 
 
 _EXTENSION_NAME = re.compile(r"[a-z0-9]+\Z")
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?(?:[Zz]|([+-])(\d{2}):(\d{2}))\Z"
-)
+_RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?(?:[Zz]|([+-])(\d{2}):(\d{2}))\Z")
 _W3C_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
 _BINARY_PREFIXES = ("ce-", "cloudevents_", "cloudevents:")
 _REPAIR_NAMESPACE = uuid.UUID("6f1c2a8e-4b1d-5e0a-9c3f-2d7b8e4a1c05")
@@ -109,9 +107,7 @@ class CloudEvent(BaseModel):
                     "lowercase letters and digits only (transport headers must not be copied into the event)"
                 )
             if value is not None and not isinstance(value, str | int | bool):
-                raise ValueError(
-                    f"extension {name!r} must be a string, integer or boolean, not {type(value).__name__}"
-                )
+                raise ValueError(f"extension {name!r} must be a string, integer or boolean, not {type(value).__name__}")
         return self
 
     def extension(self, name: str) -> Any:

@@ -119,6 +119,13 @@ class Batcher:
             # Whatever queued up while this batch was out has waited long enough.
             self._dispatch(force=True)
 
+    async def abort(self) -> None:
+        """Give up on what is not settled: its deliveries stay unacked and RabbitMQ redelivers them."""
+        self._buffer.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
     async def drain(self) -> None:
         """Send everything buffered and wait until every batch has settled."""
         while self._buffer or self._tasks:
@@ -170,6 +177,9 @@ class OutboundPipeline:
         while self._handlers:
             await asyncio.wait(set(self._handlers))
         await self._batcher.drain()
+
+    async def abort(self) -> None:
+        await self._batcher.abort()
 
     async def on_delivery(self, delivery: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()

@@ -101,6 +101,7 @@ class Service:
                     "connector.grace_expired",
                     detail="unsettled deliveries are left unacked; RabbitMQ will deliver them again",
                 )
+                await self.outbound.abort()
         log.info("connector.stopped")
         return 0
 

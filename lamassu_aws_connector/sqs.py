@@ -105,9 +105,7 @@ class SqsGateway:
             attributes = {"FifoQueue": "true"} if name.endswith(".fifo") else {}
             url = (await self._call("CreateQueue", QueueName=name, Attributes=attributes))["QueueUrl"]
         attrs = (
-            await self._call(
-                "GetQueueAttributes", QueueUrl=url, AttributeNames=["MaximumMessageSize", "FifoQueue"]
-            )
+            await self._call("GetQueueAttributes", QueueUrl=url, AttributeNames=["MaximumMessageSize", "FifoQueue"])
         ).get("Attributes", {})
         return QueueInfo(
             name=name,
@@ -138,9 +136,12 @@ class SqsGateway:
         entries = [{"Id": key, "ReceiptHandle": handle} for key, handle in receipts.items()]
         return await self._call("DeleteMessageBatch", QueueUrl=queue.url, Entries=entries)
 
-    async def change_visibility_batch(self, queue: QueueInfo, receipts: dict[str, str], timeout: int) -> dict[str, Any]:
+    async def change_visibility_batch(
+        self, queue: QueueInfo, receipts: dict[str, str], visibility_seconds: int
+    ) -> dict[str, Any]:
         entries = [
-            {"Id": key, "ReceiptHandle": handle, "VisibilityTimeout": timeout} for key, handle in receipts.items()
+            {"Id": key, "ReceiptHandle": handle, "VisibilityTimeout": visibility_seconds}
+            for key, handle in receipts.items()
         ]
         return await self._call("ChangeMessageVisibilityBatch", QueueUrl=queue.url, Entries=entries)
 

@@ -15,7 +15,7 @@
 #          it fails at once), within $SERVICES_TIMEOUT seconds.
 #        - Management plugin (:15672, optional, nothing may depend on it): on a node we start it is
 #          enabled through its enabled_plugins file (free, no restart); on a reused system broker it
-#          is enabled online with `rabbitmq-plugins enable` (no restart) unless RABBITMQ_MANAGEMENT=0.
+#          is enabled online with `rabbitmq-plugins enable` (no restart) when RABBITMQ_MANAGEMENT=1.
 #     2. An SQS endpoint on 127.0.0.1:$SQS_PORT.
 #        - Reused if /_localstack/health reports sqs running/available (LocalStack), or if it is
 #          the moto server this script started earlier.
@@ -27,8 +27,12 @@
 #          reuse it; it is (re)built only if the marker file (written last, holding the pip
 #          requirements) is missing or different, or `import localstack` fails in it.
 #          Started with `python -m localstack.runtime.main` under setsid/nohup, pid in
-#          $SERVICES_HOME/sqs-<PORT>.pid, log in $SERVICES_HOME/localstack.log, state in a
-#          FILESYSTEM_ROOT under $SERVICES_HOME (wiped at each start: PERSISTENCE=0).
+#          $SERVICES_HOME/sqs-<PORT>.pid, log in $SERVICES_HOME/localstack.log, files in
+#          FILESYSTEM_ROOT=$SERVICES_HOME/localstack-fs (its state part is wiped at each start,
+#          PERSISTENCE=0; its cache is kept). OVERRIDE_IN_DOCKER=0: this sandbox looks like a
+#          container to LocalStack, which would then ignore FILESYSTEM_ROOT (writing /var/lib/localstack,
+#          /etc/localstack) and ping Docker bridge addresses (172.17.0.1, 172.18.0.1) at import;
+#          DOCKER_BRIDGE_IP=127.0.0.1 too, so no such probe leaves loopback either way.
 #          LOCALSTACK_HOST=127.0.0.1:PORT makes queue URLs http://127.0.0.1:PORT/queue/us-east-1/
 #          000000000000/NAME (its default host, localhost.localstack.cloud, needs public DNS).
 #          Ready = health reports sqs running/available, within $SERVICES_TIMEOUT seconds; else
@@ -56,7 +60,7 @@
 #   LOCALSTACK_VERSION     localstack-core version to install (default 2026.3.0)
 #   LOCALSTACK_PYTHON      Python >= 3.12 interpreter to build the LocalStack venv with
 #   SERVICES_TIMEOUT       seconds to wait for each service to become ready (default 60)
-#   RABBITMQ_MANAGEMENT    1 (default) / 0: enable the management plugin
+#   RABBITMQ_MANAGEMENT    0 (default) / 1: enable the management plugin (changes a reused broker)
 #   RABBITMQ_MANAGEMENT_PORT  management port for a node this script starts (default 15672)
 #   GATEWAY_SERVER         passed to LocalStack if set (its default twisted server listens on
 #                          0.0.0.0 whatever GATEWAY_LISTEN says; hypercorn honours 127.0.0.1 but is slower)
@@ -65,13 +69,14 @@
 set -euo pipefail
 
 : "${HOME:=$(getent passwd "$(id -u)" | cut -d: -f6)}"
+export HOME   # pyenv, pip and Erlang need it; CI-like environments may not set it
 SERVICES_HOME=${LAMASSU_SERVICES_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/lamassu-aws-connector}
 SQS_PORT=${SQS_PORT:-4566}
 RABBITMQ_PORT=${RABBITMQ_PORT:-5672}
 SQS_BACKEND=${LAMASSU_SQS_BACKEND:-auto}
 LOCALSTACK_VERSION=${LOCALSTACK_VERSION:-2026.3.0}
 SERVICES_TIMEOUT=${SERVICES_TIMEOUT:-60}
-RABBITMQ_MANAGEMENT=${RABBITMQ_MANAGEMENT:-1}
+RABBITMQ_MANAGEMENT=${RABBITMQ_MANAGEMENT:-0}
 RABBITMQ_MANAGEMENT_PORT=${RABBITMQ_MANAGEMENT_PORT:-15672}
 HOST=127.0.0.1
 
@@ -170,7 +175,7 @@ rmq_ours_pid() {
   local pid node
   [[ -f $RMQ_MARKER ]] || return 1
   read -r pid node <"$RMQ_MARKER" || true
-  [[ $node == "$RMQ_NODE" ]] && pid_alive "$pid" && { echo "$pid"; return 0; }
+  [[ $node == "$RMQ_NODE" ]] && pid_is "$pid" rabbitmq-server && { echo "$pid"; return 0; }
   return 1
 }
 
@@ -302,7 +307,7 @@ ls_health() { curl -fsS -m 3 "$SQS_URL/_localstack/health" 2>/dev/null; }
 # True if the LocalStack health JSON on stdin says sqs is running or available.
 sqs_ready_in() { grep -qE '"sqs": *"(running|available)"'; }
 
-# Version from the health JSON on stdin (or "?" if absent).
+# Version from the health JSON on stdin (empty if absent).
 version_in() { grep -oE '"version": *"[^"]*"' | head -n1 | sed -E 's/.*"([^"]*)"$/\1/' || true; }
 
 moto_answers() {
@@ -330,7 +335,7 @@ find_python312() {
   local cands=() root="" c
   [[ -n ${LOCALSTACK_PYTHON:-} ]] && cands+=("$LOCALSTACK_PYTHON")
   if command -v pyenv >/dev/null; then root=$(pyenv root 2>/dev/null || true); fi
-  [[ -n $root ]] || root=${PYENV_ROOT:-$HOME/.pyenv}
+  [[ -d $root/versions ]] || root=${PYENV_ROOT:-$HOME/.pyenv}
   if [[ -d $root/versions ]]; then
     # 3.13 and 3.12 first (newest patch first), then anything newer.
     local known=() newer=()
@@ -383,14 +388,17 @@ ensure_venv() {
 
 localstack_start() {
   local venv_py=$LOCALSTACK_VENV/bin/python pid deadline h
-  rm -rf "$LOCALSTACK_FS"; mkdir -p "$LOCALSTACK_FS"
+  # Fresh state each start (PERSISTENCE=0 keeps it under tmp/); keep var/lib/localstack/cache,
+  # whose service catalog makes the next start ~2 s faster.
+  rm -rf "$LOCALSTACK_FS/tmp"; mkdir -p "$LOCALSTACK_FS"
   log "starting LocalStack $LOCALSTACK_VERSION on $SQS_URL (log $LOCALSTACK_LOG)"
   local extra=()
   [[ -n ${GATEWAY_SERVER:-} ]] && extra+=("GATEWAY_SERVER=$GATEWAY_SERVER")
   ( cd "$LOCALSTACK_FS" && exec setsid nohup env \
       SERVICES=sqs,s3 GATEWAY_LISTEN="$HOST:$SQS_PORT" DNS_ADDRESS=0 DISABLE_EVENTS=1 \
       PERSISTENCE=0 SKIP_SSL_CERT_DOWNLOAD=1 SQS_ENDPOINT_STRATEGY=path EAGER_SERVICE_LOADING=1 \
-      LS_LOG=warn FILESYSTEM_ROOT="$LOCALSTACK_FS" LOCALSTACK_HOST="$HOST:$SQS_PORT" "${extra[@]}" \
+      LS_LOG=warn FILESYSTEM_ROOT="$LOCALSTACK_FS" LOCALSTACK_HOST="$HOST:$SQS_PORT" \
+      OVERRIDE_IN_DOCKER=0 DOCKER_BRIDGE_IP="$HOST" "${extra[@]}" \
       "$venv_py" -m localstack.runtime.main ) >"$LOCALSTACK_LOG" 2>&1 </dev/null 9>&- &
   pid=$!
   echo "$pid localstack" >"$SQS_PIDFILE"
@@ -401,12 +409,11 @@ localstack_start() {
     fi
     if ! pid_alive "$pid"; then
       log_tail "$LOCALSTACK_LOG"; rm -f "$SQS_PIDFILE"
-      warn "LocalStack exited during startup (log: $LOCALSTACK_LOG)"; return 1
+      warn "LocalStack exited during startup"; return 1
     fi
     if (( $(now) >= deadline )); then
       log_tail "$LOCALSTACK_LOG"; stop_pid "$pid" 10; rm -f "$SQS_PIDFILE"
-      warn "LocalStack did not report sqs ready within ${SERVICES_TIMEOUT}s (log: $LOCALSTACK_LOG)"
-      return 1
+      warn "LocalStack did not report sqs ready within ${SERVICES_TIMEOUT}s"; return 1
     fi
     sleep 0.3
   done
@@ -493,11 +500,8 @@ sqs_up() {
     warn "installing LocalStack into $LOCALSTACK_VENV failed: FALLING BACK TO MOTO SERVER (slower, less faithful to AWS)"
     sqs_use_moto; return 0
   fi
-  if ! localstack_start; then
-    [[ $SQS_BACKEND == localstack ]] && die "LocalStack did not start"
-    warn "LocalStack did not start: FALLING BACK TO MOTO SERVER (slower, less faithful to AWS)"
-    sqs_use_moto; return 0
-  fi
+  # A LocalStack that installs but does not start is an error to look at, not a reason for moto.
+  localstack_start || die "LocalStack did not start on $SQS_URL (log: $LOCALSTACK_LOG)"
   SQS_KIND="localstack ${SQS_VERSION:-$LOCALSTACK_VERSION}"; SQS_STATE="started"
 }
 

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: venv, RabbitMQ + SQS server on 127.0.0.1, lint, types,
+# unit and integration tests. Extra arguments go to pytest (e.g. scripts/test.sh -k outbound).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/bootstrap.sh
+scripts/services.sh up
+eval "$(scripts/services.sh env)"
+export LAMASSU_TEST_AMQP_URL=$AMQP_URL LAMASSU_TEST_SQS_ENDPOINT=$SQS_ENDPOINT_URL
+
+.venv/bin/ruff check lamassu_aws_connector tests
+.venv/bin/ruff format --check lamassu_aws_connector tests
+.venv/bin/mypy
+.venv/bin/pytest -p no:cacheprovider "$@"

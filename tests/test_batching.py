@@ -1,0 +1,137 @@
+"""Unit tests of batching and entry retries, with in-memory fakes (the real thing is in test_outbound)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from lamassu_aws_connector.config import Settings
+from lamassu_aws_connector.events import parse_structured
+from lamassu_aws_connector.metrics import Metrics
+from lamassu_aws_connector.outbound import Batcher, OutboundPipeline, Pending
+from lamassu_aws_connector.sqs import QueueInfo
+
+from . import samples
+
+
+class FakeDelivery:
+    def __init__(self, raw: bytes) -> None:
+        self.body = raw
+        self.acked = False
+        self.headers: dict[str, Any] = {}
+        self.message_id = None
+
+    async def ack(self) -> None:
+        self.acked = True
+
+
+class FlakySqs:
+    """Fails the given entries (by body) with a transient, receiver-side error a number of times."""
+
+    def __init__(self, failures: dict[str, int], sender_fault: set[str] | None = None) -> None:
+        self.failures = failures
+        self.sender_fault = sender_fault or set()
+        self.calls: list[list[str]] = []
+        self.stored: list[str] = []
+
+    async def send_batch(self, queue: QueueInfo, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        self.calls.append([e["MessageBody"] for e in entries])
+        ok, failed = [], []
+        for entry in entries:
+            body = entry["MessageBody"]
+            if body in self.sender_fault:
+                failed.append(
+                    {"Id": entry["Id"], "SenderFault": True, "Code": "InvalidMessageContents", "Message": "no"}
+                )
+            elif self.failures.get(body, 0) > 0:
+                self.failures[body] -= 1
+                failed.append(
+                    {"Id": entry["Id"], "SenderFault": False, "Code": "InternalError", "Message": "try again"}
+                )
+            else:
+                self.stored.append(body)
+                ok.append({"Id": entry["Id"], "MessageId": f"m-{len(self.stored)}"})
+        return {"Successful": ok, "Failed": failed}
+
+
+class RecordingAmqp:
+    def __init__(self) -> None:
+        self.dead: list[tuple[bytes, str, str]] = []
+
+    async def dead_letter(self, delivery: FakeDelivery, queue: str, code: str, reason: str) -> None:
+        self.dead.append((delivery.body, code, reason))
+
+
+def _pipeline(sqs: FlakySqs, amqp: RecordingAmqp, **forward: Any) -> OutboundPipeline:
+    settings = Settings(forward={"retry_max_backoff_seconds": 0.01, "linger_ms": 1, **forward})
+    queue = QueueInfo(name="cmd", url="http://sqs/cmd", max_message_bytes=1_048_576, fifo=False)
+    return OutboundPipeline(settings, amqp, sqs, queue, Metrics())  # type: ignore[arg-type]
+
+
+def _pending(pipeline: OutboundPipeline, raw: bytes) -> Pending:
+    delivery = FakeDelivery(raw)
+    parsed = parse_structured(raw)
+    entry = pipeline._entry(parsed, delivery)  # type: ignore[arg-type]
+    return Pending(delivery, parsed, entry, len(raw), 0.0)  # type: ignore[arg-type]
+
+
+async def test_transient_entry_failures_are_retried_until_they_succeed() -> None:
+    raws = [samples.body(samples.v1_cert_update(serial=f"0{i}")) for i in range(5)]
+    sqs = FlakySqs({raws[1].decode(): 3, raws[3].decode(): 1})
+    amqp = RecordingAmqp()
+    pipeline = _pipeline(sqs, amqp)
+    batch = [_pending(pipeline, raw) for raw in raws]
+    await pipeline._send_with_retries(batch)
+    assert sorted(sqs.stored) == sorted(raw.decode() for raw in raws)
+    assert all(item.delivery.acked for item in batch)
+    assert amqp.dead == []
+    # First call carries all five, later calls only what failed.
+    assert len(sqs.calls[0]) == 5 and sqs.calls[1] == [raws[1].decode(), raws[3].decode()]
+    assert len(sqs.calls) == 4
+
+
+async def test_sender_fault_and_exhausted_attempts_are_dead_lettered() -> None:
+    raws = [samples.body(samples.v1_cert_update(serial=f"1{i}")) for i in range(3)]
+    sqs = FlakySqs({raws[2].decode(): 100}, sender_fault={raws[0].decode()})
+    amqp = RecordingAmqp()
+    pipeline = _pipeline(sqs, amqp, max_entry_attempts=4)
+    batch = [_pending(pipeline, raw) for raw in raws]
+    await pipeline._send_with_retries(batch)
+    assert sqs.stored == [raws[1].decode()]
+    assert [(body, code) for body, code, _ in amqp.dead] == [(raws[0], "sqs_rejected"), (raws[2], "sqs_rejected")]
+    assert "after 4 attempt(s)" in amqp.dead[1][2]
+    assert all(item.delivery.acked for item in batch)  # dead-lettered, then acked
+
+
+async def test_batcher_fills_batches_while_slots_are_busy() -> None:
+    sent: list[int] = []
+    release = asyncio.Event()
+
+    async def send(batch: list[Pending]) -> None:
+        sent.append(len(batch))
+        await release.wait()
+
+    batcher = Batcher(send, max_bytes=1000, linger_seconds=0.001, max_in_flight=1)
+    item = Pending(None, None, {}, 10, 0.0)  # type: ignore[arg-type]
+    batcher.add(item)
+    await asyncio.sleep(0.01)  # linger passes: the lone entry leaves, taking the only slot
+    for _ in range(25):
+        batcher.add(Pending(None, None, {}, 10, 0.0))  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    assert sent == [1]
+    release.set()
+    await batcher.drain()
+    assert sent == [1, 10, 10, 5]
+
+
+async def test_batcher_respects_the_byte_limit() -> None:
+    sent: list[int] = []
+
+    async def send(batch: list[Pending]) -> None:
+        sent.append(sum(item.size for item in batch))
+
+    batcher = Batcher(send, max_bytes=100, linger_seconds=0.001, max_in_flight=4)
+    for _ in range(7):
+        batcher.add(Pending(None, None, {}, 40, 0.0))  # type: ignore[arg-type]
+    await batcher.drain()
+    assert sent == [80, 80, 80, 40]
