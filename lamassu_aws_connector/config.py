@@ -61,6 +61,7 @@ class SqsConfig(_Section):
     pollers: int = Field(2, ge=1, le=64)
     wait_time_seconds: int = Field(20, ge=1, le=20)
     visibility_timeout: int = Field(60, ge=5, le=43200)
+    unroutable_max_receives: int = Field(5, ge=1)
     connect_timeout_seconds: float = Field(5.0, gt=0)
 
     @field_validator("endpoint_url")

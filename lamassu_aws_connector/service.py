@@ -25,6 +25,7 @@ from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
 from . import __version__
 from .amqp import AmqpGateway
 from .config import Settings
+from .inbound import InboundPipeline
 from .logs import get_logger
 from .metrics import Metrics
 from .outbound import OutboundPipeline
@@ -55,6 +56,7 @@ class Service:
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
         self.outbound: OutboundPipeline | None = None
+        self.inbound: InboundPipeline | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -82,12 +84,15 @@ class Service:
         async with AsyncExitStack() as stack:
             sqs = await stack.enter_async_context(SqsGateway(settings.sqs, self.metrics))
             command_queue = await self._resolve(sqs, settings.sqs.command_queue)
+            response_queue = await self._resolve(sqs, settings.sqs.response_queue)
             amqp = AmqpGateway(settings.amqp, self.metrics)
             stack.push_async_callback(amqp.close)
             await amqp.connect()
             self.outbound = OutboundPipeline(settings, amqp, sqs, command_queue, self.metrics)
+            self.inbound = InboundPipeline(settings, amqp, sqs, response_queue, self.metrics)
             try:
                 await self.outbound.start()
+                await self.inbound.start()
             except Exception as exc:
                 raise StartupError(f"cannot set up the AMQP topology: {exc}") from exc
             self.started.set()
@@ -101,13 +106,13 @@ class Service:
                     "connector.grace_expired",
                     detail="unsettled deliveries are left unacked; RabbitMQ will deliver them again",
                 )
-                await self.outbound.abort()
+                await asyncio.gather(self.outbound.abort(), self.inbound.abort())
         log.info("connector.stopped")
         return 0
 
     async def _drain(self) -> None:
-        if self.outbound is not None:
-            await self.outbound.stop()
+        assert self.outbound is not None and self.inbound is not None
+        await asyncio.gather(self.outbound.stop(), self.inbound.stop())
 
     async def _resolve(self, sqs: SqsGateway, name: str) -> QueueInfo:
         async for attempt in AsyncRetrying(

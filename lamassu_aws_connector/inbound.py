@@ -1,0 +1,319 @@
+"""Inbound pipeline: SQS ``lamassu-response`` -> RabbitMQ ``amqp.reply_exchange``, at-least-once.
+
+Every received SQS message ends in exactly one of these ways, and is deleted from SQS only after it:
+
+* relayed: published to the reply exchange (routing key = event type) and confirmed by RabbitMQ;
+* dead-lettered: not a valid CloudEvent (or unroutable too often), published (confirmed) to
+  ``amqp.reply_dead_letter_queue`` with ``x-error-code`` and the SQS message id and receive count;
+* left in SQS: RabbitMQ is unavailable, or nothing is bound for the reply's type yet (unroutable,
+  fewer than ``sqs.unroutable_max_receives`` receives). It becomes visible again and is retried.
+
+While publishes wait for RabbitMQ, the messages' visibility is extended so they are not delivered
+to another poller; pollers do not receive while the AMQP connection is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import DeliveryMode
+from aiormq.exceptions import PublishError
+from tenacity import AsyncRetrying, retry_if_not_exception_type, stop_after_attempt, wait_random_exponential
+
+from .amqp import AmqpGateway, string_headers
+from .config import APP_ID, Settings
+from .events import ErrorCode, ParsedEvent, Rejection, parse_structured
+from .logs import get_logger
+from .metrics import Metrics
+from .sqs import QueueInfo, SqsGateway, error_code
+
+log = get_logger(__name__)
+
+UNROUTABLE = "unroutable"
+
+
+@dataclass(slots=True)
+class Received:
+    """One SQS message and what became of it."""
+
+    key: str
+    message: dict[str, Any]
+    received_at: float
+    settled: bool = False  # relayed or dead-lettered: delete it
+
+    @property
+    def sqs_message_id(self) -> str:
+        return str(self.message.get("MessageId", ""))
+
+    @property
+    def receive_count(self) -> int:
+        return int(self.message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
+
+
+class InboundPipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        amqp: AmqpGateway,
+        sqs: SqsGateway,
+        response_queue: QueueInfo,
+        metrics: Metrics,
+    ) -> None:
+        self._settings = settings
+        self._amqp = amqp
+        self._sqs = sqs
+        self._queue = response_queue
+        self._metrics = metrics
+        self._stopping = asyncio.Event()
+        self._pollers: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self._amqp.declare_topic_exchange(self._settings.amqp.reply_exchange)
+        await self._amqp.declare_durable_queue(self._settings.amqp.reply_dead_letter_queue)
+        self._pollers = [
+            asyncio.create_task(self._poll_forever(number), name=f"poller-{number}")
+            for number in range(self._settings.sqs.pollers)
+        ]
+        log.info(
+            "inbound.started",
+            sqs_queue=self._queue.name,
+            pollers=len(self._pollers),
+            exchange=self._settings.amqp.reply_exchange,
+        )
+
+    @property
+    def pollers_running(self) -> int:
+        return sum(1 for task in self._pollers if not task.done())
+
+    async def stop(self) -> None:
+        """Stop receiving; let the batches being published settle. Bound it with a timeout."""
+        self._stopping.set()
+        await asyncio.gather(*self._pollers, return_exceptions=True)
+
+    async def abort(self) -> None:
+        for task in self._pollers:
+            task.cancel()
+        await asyncio.gather(*self._pollers, return_exceptions=True)
+
+    async def _poll_forever(self, number: int) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                if not self._amqp.connected:
+                    log.warning("inbound.paused", reason="AMQP connection down", poller=number)
+                    await self._until_stopping(self._amqp.wait_connected())
+                    continue
+                messages = await self._until_stopping(
+                    self._sqs.receive(
+                        self._queue,
+                        wait_seconds=self._settings.sqs.wait_time_seconds,
+                        visibility_timeout=self._settings.sqs.visibility_timeout,
+                    )
+                )
+                failures = 0
+                if messages:
+                    await self._handle_batch(messages)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a poller must survive anything; back off and go on
+                failures += 1
+                delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                log.warning(
+                    "inbound.poll_failed",
+                    sqs_queue=self._queue.name,
+                    poller=number,
+                    error=error_code(exc),
+                    detail=str(exc)[:300],
+                    retry_in_seconds=round(delay, 1),
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay * random.uniform(0.5, 1.0))
+
+    async def _until_stopping(self, awaitable: Any) -> Any:
+        """Await something, but give up (returning None) as soon as a stop is requested."""
+        work = asyncio.ensure_future(awaitable)
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if work.done():
+            return work.result()
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await work
+        return None
+
+    async def _handle_batch(self, messages: list[dict[str, Any]]) -> None:
+        now = time.monotonic()
+        batch = [Received(str(index), message, now) for index, message in enumerate(messages)]
+        self._metrics.replies_received.inc(len(batch))
+        keeper = asyncio.create_task(self._keep_invisible(batch))
+        try:
+            await asyncio.gather(*(self._settle(item) for item in batch))
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        await self._delete(batch)
+
+    async def _settle(self, item: Received) -> None:
+        raw = item.message.get("Body", "").encode("utf-8")
+        try:
+            await self._relay(item, raw)
+        except Exception as exc:  # a bug must park the message, not return it to SQS forever
+            log.exception("inbound.internal_error", queue=self._queue.name, sqs_message_id=item.sqs_message_id)
+            await self._dead_letter(item, raw, ErrorCode.INTERNAL_ERROR.value, f"connector error: {exc!r}")
+
+    async def _relay(self, item: Received, raw: bytes) -> None:
+        try:
+            parsed = parse_structured(raw, repair_missing_id=self._settings.validation.repair_missing_id)
+        except Rejection as rejection:
+            await self._dead_letter(item, raw, rejection.code.value, rejection.message)
+            return
+        try:
+            await self._publish_reply(item, raw, parsed)
+        except PublishError:
+            await self._unroutable(item, raw, parsed)
+            return
+        item.settled = True
+        self._metrics.replies_relayed.inc()
+        self._metrics.inbound_latency.observe(time.monotonic() - item.received_at)
+        log.info(
+            "inbound.relayed",
+            event_id=parsed.id,
+            event_type=parsed.type,
+            queue=self._queue.name,
+            sqs_message_id=item.sqs_message_id,
+            exchange=self._settings.amqp.reply_exchange,
+        )
+
+    async def _publish_reply(self, item: Received, raw: bytes, parsed: ParsedEvent) -> None:
+        headers: dict[str, Any] = {"_watermill_message_uuid": parsed.id, "x-sqs-message-id": item.sqs_message_id}
+        traceparent = parsed.traceparent or _attribute(item.message, "traceparent")
+        if traceparent:
+            headers["traceparent"] = traceparent
+        message = aio_pika.Message(
+            body=parsed.body if parsed.repaired_id else raw,
+            content_type="application/cloudevents+json",
+            message_id=parsed.id,
+            app_id=APP_ID,
+            delivery_mode=DeliveryMode.PERSISTENT,
+            headers=string_headers(headers),
+        )
+        await self._publish_confirmed(self._settings.amqp.reply_exchange, parsed.type, message)
+
+    async def _publish_confirmed(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
+        """Publish until RabbitMQ confirms; an unroutable return is raised to the caller at once."""
+        async for attempt in AsyncRetrying(
+            wait=wait_random_exponential(multiplier=0.2, max=10),
+            retry=retry_if_not_exception_type(PublishError),
+            reraise=True,
+        ):
+            with attempt:
+                if not self._amqp.connected:
+                    await self._amqp.wait_connected()
+                await self._amqp.publish(exchange, routing_key, message)
+
+    async def _unroutable(self, item: Received, raw: bytes, parsed: ParsedEvent) -> None:
+        self._metrics.replies_unroutable.inc()
+        limit = self._settings.sqs.unroutable_max_receives
+        fields = {"event_id": parsed.id, "event_type": parsed.type, "queue": self._queue.name}
+        if item.receive_count >= limit:
+            reason = (
+                f"no queue is bound to exchange {self._settings.amqp.reply_exchange!r} for routing key "
+                f"{parsed.type!r} (tried {item.receive_count} times)"
+            )
+            await self._dead_letter(item, raw, UNROUTABLE, reason, fields)
+            return
+        retry_in = min(self._settings.sqs.visibility_timeout, 2**item.receive_count)
+        log.warning(
+            "inbound.unroutable",
+            **fields,
+            sqs_message_id=item.sqs_message_id,
+            receive_count=item.receive_count,
+            kept_in_sqs_seconds=retry_in,
+        )
+        with contextlib.suppress(Exception):  # if this fails it comes back after the visibility timeout
+            await self._sqs.change_visibility_batch(self._queue, {item.key: item.message["ReceiptHandle"]}, retry_in)
+
+    async def _dead_letter(
+        self, item: Received, raw: bytes, code: str, reason: str, fields: dict[str, Any] | None = None
+    ) -> None:
+        fields = fields or {"queue": self._queue.name}
+        dlq = self._settings.amqp.reply_dead_letter_queue
+        headers: dict[str, Any] = {
+            "x-error-code": code,
+            "x-error-message": reason,
+            "x-sqs-message-id": item.sqs_message_id,
+            "x-sqs-receive-count": str(item.receive_count),
+            "x-sqs-queue": self._queue.name,
+            "x-dead-lettered-by": APP_ID,
+            "x-dead-lettered-at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+        }
+        for name, value in item.message.get("MessageAttributes", {}).items():
+            if value.get("DataType", "").startswith(("String", "Number")) and "StringValue" in value:
+                headers[f"x-sqs-attribute-{name}"] = value["StringValue"]
+        message = aio_pika.Message(body=raw, headers=headers, delivery_mode=DeliveryMode.PERSISTENT, app_id=APP_ID)
+        await self._publish_confirmed("", dlq, message)
+        item.settled = True
+        self._metrics.replies_dead_lettered.labels(code).inc()
+        log.warning(
+            "inbound.dead_lettered",
+            **fields,
+            sqs_message_id=item.sqs_message_id,
+            error_code=code,
+            reason=reason,
+            dead_letter_queue=dlq,
+        )
+
+    async def _keep_invisible(self, batch: list[Received]) -> None:
+        """Extend the visibility of messages still waiting for RabbitMQ, so no poller gets them twice."""
+        timeout = self._settings.sqs.visibility_timeout
+        while True:
+            await asyncio.sleep(timeout / 2)
+            pending = {item.key: item.message["ReceiptHandle"] for item in batch if not item.settled}
+            if not pending:
+                return
+            try:
+                await self._sqs.change_visibility_batch(self._queue, pending, timeout)
+                log.info("inbound.visibility_extended", queue=self._queue.name, messages=len(pending))
+            except Exception as exc:
+                log.warning("inbound.visibility_extend_failed", queue=self._queue.name, error=error_code(exc))
+
+    async def _delete(self, batch: list[Received]) -> None:
+        receipts = {item.key: item.message["ReceiptHandle"] for item in batch if item.settled}
+        if not receipts:
+            return
+        try:
+            async for attempt in AsyncRetrying(
+                wait=wait_random_exponential(multiplier=0.2, max=5), stop=stop_after_attempt(5), reraise=True
+            ):
+                with attempt:
+                    response = await self._sqs.delete_batch(self._queue, receipts)
+        except Exception as exc:
+            # They reappear after the visibility timeout and are relayed again: a duplicate, not a loss.
+            log.error("inbound.delete_failed", queue=self._queue.name, messages=len(receipts), error=error_code(exc))
+            return
+        for failure in response.get("Failed", []):
+            self._metrics.sqs_errors.labels("DeleteMessageBatchEntry", failure.get("Code", "unknown")).inc()
+            log.warning(
+                "inbound.delete_entry_failed",
+                queue=self._queue.name,
+                sqs_message_id=batch[int(failure["Id"])].sqs_message_id,
+                error=failure.get("Code"),
+                detail=failure.get("Message"),
+            )
+
+
+def _attribute(message: dict[str, Any], name: str) -> str | None:
+    value = message.get("MessageAttributes", {}).get(name, {})
+    string = value.get("StringValue")
+    return string if isinstance(string, str) and string else None
