@@ -213,6 +213,8 @@ def _header_value(key: str, value: Any) -> Any:
     if isinstance(value, dt.datetime):
         stamp = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
         return stamp.isoformat().replace("+00:00", "Z")
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        raise Rejection(ErrorCode.INVALID_ATTRIBUTE, f"header {key!r} holds an integer beyond 64 bits")
     if value is None or isinstance(value, str | int | bool):
         return value
     raise Rejection(

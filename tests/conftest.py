@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import aio_pika
 import pytest
 from aiobotocore.session import get_session
+from hypothesis import settings as hypothesis_settings
 
 from lamassu_aws_connector.config import Settings
 from lamassu_aws_connector.logs import configure_logging
@@ -31,6 +32,11 @@ SQS_ENDPOINT = os.environ.get("LAMASSU_TEST_SQS_ENDPOINT", "http://127.0.0.1:456
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+# CI runs a fixed sequence of examples so a red build is reproducible; developers explore new ones.
+hypothesis_settings.register_profile("ci", derandomize=True, deadline=None)
+hypothesis_settings.register_profile("dev", deadline=None)
+hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 configure_logging("debug" if os.environ.get("LAMASSU_TEST_DEBUG") else "warning", "console")
 

@@ -11,7 +11,7 @@ import pytest
 from cloudevents.core.bindings import rabbitmq as sdk_rabbitmq
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent as SdkCloudEvent
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lamassu_aws_connector.events import (
@@ -179,6 +179,7 @@ def test_random_json_objects_never_crash(obj: dict[str, Any]) -> None:
     st.binary(max_size=64),
     st.sampled_from([None, "application/json", "text/plain", "application/octet-stream"]),
 )
+@example({"ce-specversion": "1.0", "ce-id": "", "ce-type": -(2**63) - 1}, b"", None)
 def test_random_binary_mode_never_crashes(headers: dict[str, Any], raw: bytes, content_type: str | None) -> None:
     _parse_or_reject(raw, content_type, headers)
 
