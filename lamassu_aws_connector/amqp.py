@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 from aio_pika.abc import (
@@ -22,7 +24,7 @@ from aio_pika.abc import (
     DeliveryMode,
 )
 from aiormq.exceptions import ChannelInvalidStateError
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
+from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
 
 from .config import APP_ID, AmqpConfig, mask_url
 from .logs import get_logger
@@ -33,6 +35,30 @@ log = get_logger(__name__)
 Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 
 PUBLISH_TIMEOUT_SECONDS = 30.0
+
+
+class TlsError(Exception):
+    """The broker's certificate (or ours) is not accepted: a configuration problem, not an outage."""
+
+
+def _transient_connect_error(exc: BaseException) -> bool:
+    return isinstance(exc, ConnectionError | OSError | asyncio.TimeoutError)
+
+
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error somewhere in an exception's chain (aiormq wraps it), if any."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return current
+        pending.extend(arg for arg in current.args if isinstance(arg, BaseException))
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return None
 
 
 def channel_open(delivery: AbstractIncomingMessage) -> bool:
@@ -59,11 +85,33 @@ class AmqpGateway:
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
 
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if urlsplit(self._config.url).scheme != "amqps":
+            return None
+        tls = self._config.tls
+        try:
+            context = ssl.create_default_context(cafile=tls.ca_file)
+            if tls.cert_file and tls.key_file:
+                context.load_cert_chain(tls.cert_file, tls.key_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise TlsError(f"cannot load the TLS files of amqp.tls: {exc}") from exc
+        if not tls.verify:
+            log.warning(
+                "amqp.tls_verification_disabled", detail="amqp.tls.verify is false: the broker is not authenticated"
+            )
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
     async def connect(self) -> None:
-        """Connect, retrying with backoff: a broker that is still starting is not a fatal error."""
+        """Connect, retrying with backoff: a broker that is still starting is not a fatal error.
+
+        A TLS verification failure is: retrying would not make the certificate valid.
+        """
+        ssl_context = self._ssl_context()
         async for attempt in AsyncRetrying(
             wait=wait_random_exponential(multiplier=0.5, max=15),
-            retry=retry_if_exception_type((ConnectionError, OSError, asyncio.TimeoutError)),
+            retry=retry_if_exception(lambda exc: _transient_connect_error(exc) and _tls_failure(exc) is None),
             before_sleep=lambda state: log.warning(
                 "amqp.connect_failed",
                 url=mask_url(self._config.url),
@@ -72,12 +120,19 @@ class AmqpGateway:
             ),
         ):
             with attempt:
-                self.connection = await aio_pika.connect_robust(
-                    self._config.url,
-                    heartbeat=self._config.heartbeat_seconds,
-                    client_properties={"connection_name": APP_ID},
-                    timeout=10,
-                )
+                try:
+                    self.connection = await aio_pika.connect_robust(
+                        self._config.url,
+                        heartbeat=self._config.heartbeat_seconds,
+                        client_properties={"connection_name": APP_ID},
+                        timeout=10,
+                        ssl_context=ssl_context,
+                    )
+                except Exception as exc:
+                    failure = _tls_failure(exc)
+                    if failure is not None:
+                        raise TlsError(f"TLS handshake with {mask_url(self._config.url)} failed: {failure}") from exc
+                    raise
         assert self.connection is not None
         self._metrics.amqp_connected.set(1)
         self.connection.close_callbacks.add(self._on_connection_lost)
@@ -94,6 +149,11 @@ class AmqpGateway:
     def _on_reconnected(self, *_: Any) -> None:
         self._metrics.amqp_connected.set(1)
         log.info("amqp.reconnected", url=mask_url(self._config.url))
+
+    @property
+    def consuming(self) -> bool:
+        channel = self._consume_channel
+        return self._consumer_tag is not None and channel is not None and not channel.is_closed
 
     @property
     def connected(self) -> bool:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "LAMASSU_"
@@ -24,8 +24,34 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class AmqpTlsConfig(_Section):
+    """TLS for amqps:// URLs; with cert_file and key_file, mutual TLS (the client proves itself too)."""
+
+    ca_file: str | None = None  # CA bundle that signed the broker's certificate; None = system CAs
+    cert_file: str | None = None
+    key_file: str | None = None
+    verify: bool = True  # only an explicit false turns verification off, and it is logged as a warning
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _readable(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        if not Path(value).is_file():
+            raise ValueError(f"file {value!r} does not exist or is not a file")
+        return value
+
+    @model_validator(mode="after")
+    def _pair(self) -> AmqpTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (mutual TLS needs both)")
+        return self
+
+
 class AmqpConfig(_Section):
     url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    tls: AmqpTlsConfig = Field(default_factory=AmqpTlsConfig)
     exchanges: list[str] = Field(default_factory=lambda: ["lamassu-events"])
     binding_keys: list[str] = Field(default_factory=lambda: ["#"])
     queue: str = Field("lamassu_events", min_length=1)
@@ -42,6 +68,13 @@ class AmqpConfig(_Section):
         if scheme not in ("amqp", "amqps"):
             raise ValueError(f"must start with amqp:// or amqps:// (got scheme {scheme!r})")
         return value
+
+    @model_validator(mode="after")
+    def _tls_needs_amqps(self) -> AmqpConfig:
+        tls_files = (self.tls.ca_file, self.tls.cert_file, self.tls.key_file)
+        if urlsplit(self.url).scheme != "amqps" and any(tls_files):
+            raise ValueError("amqp.tls is set, but amqp.url does not start with amqps://")
+        return self
 
     @field_validator("exchanges", "binding_keys")
     @classmethod
@@ -101,6 +134,11 @@ class ShutdownConfig(_Section):
     grace_seconds: float = Field(25.0, ge=0)
 
 
+class HttpConfig(_Section):
+    host: str = "0.0.0.0"  # noqa: S104 - probes and Prometheus reach the pod from outside
+    port: int = Field(8080, ge=0, le=65535)  # 0 picks a free port (tests)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -115,6 +153,7 @@ class Settings(BaseSettings):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
 
     @classmethod
     def settings_customise_sources(
@@ -180,8 +219,8 @@ def _describe(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors(include_url=False):
         key = ".".join(str(part) for part in error["loc"])
-        message = error["msg"]
-        if error["type"] not in ("missing", "extra_forbidden") and "input" in error:
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] not in ("missing", "extra_forbidden") and not isinstance(error.get("input"), dict | None):
             shown = error["input"]
             if key.endswith("url") and isinstance(shown, str):
                 shown = mask_url(shown)

@@ -77,6 +77,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.build_info = Gauge(
+            "lamassu_connector_build_info", "Always 1; the version is in the label", ["version"], registry=r
+        )
+        self.sqs_available = Gauge(
+            "lamassu_connector_sqs_available", "1 while the last SQS call reached the endpoint", registry=r
+        )
         self.amqp_connected = Gauge(
             "lamassu_connector_amqp_connected", "1 while the AMQP connection is open", registry=r
         )

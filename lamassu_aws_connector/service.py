@@ -12,41 +12,23 @@ import asyncio
 from contextlib import AsyncExitStack
 from typing import Any
 
-from botocore.exceptions import (
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    HTTPClientError,
-    ReadTimeoutError,
-)
 from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
 
 from . import __version__
-from .amqp import AmqpGateway
+from .amqp import AmqpGateway, TlsError
 from .config import Settings
+from .http import OpsServer
 from .inbound import InboundPipeline
 from .logs import get_logger
 from .metrics import Metrics
 from .outbound import OutboundPipeline
-from .sqs import QueueInfo, SqsGateway, error_code
+from .sqs import QueueInfo, SqsGateway, is_unavailable
 
 log = get_logger(__name__)
 
 
 class StartupError(Exception):
     pass
-
-
-def _sqs_unavailable(exc: BaseException) -> bool:
-    if isinstance(exc, EndpointConnectionError | ConnectionClosedError | ConnectTimeoutError | ReadTimeoutError):
-        return True
-    if isinstance(exc, HTTPClientError):
-        return True
-    if isinstance(exc, ClientError):
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return status >= 500 or "Throttl" in error_code(exc)
-    return False
 
 
 class Service:
@@ -57,6 +39,19 @@ class Service:
         self._stop = asyncio.Event()
         self.outbound: OutboundPipeline | None = None
         self.inbound: InboundPipeline | None = None
+        self.amqp: AmqpGateway | None = None
+        self.sqs: SqsGateway | None = None
+        self.http = OpsServer(settings.http, self.metrics, self.readiness)
+        self.metrics.build_info.labels(version=__version__).set(1)
+
+    def readiness(self) -> dict[str, bool]:
+        """What /readyz reports: every part must be up for the pod to receive traffic."""
+        return {
+            "amqp_connection": self.amqp is not None and self.amqp.connected,
+            "amqp_consumer": self.amqp is not None and self.amqp.consuming,
+            "sqs": self.sqs is not None and self.sqs.available and self.outbound is not None,
+            "pollers": self.inbound is not None and self.inbound.pollers_running == self.settings.sqs.pollers,
+        }
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -82,12 +77,20 @@ class Service:
         settings = self.settings
         log.info("connector.starting", version=__version__, config=settings.masked())
         async with AsyncExitStack() as stack:
-            sqs = await stack.enter_async_context(SqsGateway(settings.sqs, self.metrics))
+            try:
+                await self.http.start()
+            except OSError as exc:
+                raise StartupError(f"cannot listen on {settings.http.host}:{settings.http.port}: {exc}") from exc
+            stack.push_async_callback(self.http.stop)
+            self.sqs = sqs = await stack.enter_async_context(SqsGateway(settings.sqs, self.metrics))
             command_queue = await self._resolve(sqs, settings.sqs.command_queue)
             response_queue = await self._resolve(sqs, settings.sqs.response_queue)
-            amqp = AmqpGateway(settings.amqp, self.metrics)
+            self.amqp = amqp = AmqpGateway(settings.amqp, self.metrics)
             stack.push_async_callback(amqp.close)
-            await amqp.connect()
+            try:
+                await amqp.connect()
+            except TlsError as exc:
+                raise StartupError(str(exc)) from exc
             self.outbound = OutboundPipeline(settings, amqp, sqs, command_queue, self.metrics)
             self.inbound = InboundPipeline(settings, amqp, sqs, response_queue, self.metrics)
             try:
@@ -117,7 +120,7 @@ class Service:
     async def _resolve(self, sqs: SqsGateway, name: str) -> QueueInfo:
         async for attempt in AsyncRetrying(
             wait=wait_random_exponential(multiplier=0.5, max=15),
-            retry=retry_if_exception(_sqs_unavailable),
+            retry=retry_if_exception(is_unavailable),
             before_sleep=lambda state: log.warning(
                 "sqs.unavailable",
                 sqs_queue=name,
@@ -130,7 +133,7 @@ class Service:
                 try:
                     return await sqs.resolve(name, create=self.settings.sqs.create_queues)
                 except Exception as exc:
-                    if _sqs_unavailable(exc):
+                    if is_unavailable(exc):
                         raise
                     raise StartupError(f"cannot use SQS queue {name!r}: {exc}") from exc
         raise AssertionError("unreachable")

@@ -12,7 +12,14 @@ from typing import Any
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import ClientError
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    HTTPClientError,
+    ReadTimeoutError,
+)
 
 from .config import SqsConfig
 from .metrics import Metrics
@@ -41,6 +48,18 @@ def error_code(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def is_unavailable(exc: BaseException) -> bool:
+    """The endpoint cannot be reached or is overloaded: worth waiting for, not the request's fault."""
+    if isinstance(
+        exc, EndpointConnectionError | ConnectionClosedError | ConnectTimeoutError | ReadTimeoutError | HTTPClientError
+    ):
+        return True
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return bool(status >= 500 or "Throttl" in error_code(exc))
+    return False
+
+
 def is_batch_too_long(exc: BaseException) -> bool:
     return isinstance(exc, ClientError) and error_code(exc) in _BATCH_TOO_LONG_CODES
 
@@ -59,6 +78,7 @@ class SqsGateway:
         self._metrics = metrics
         self._stack = AsyncExitStack()
         self._client: Any = None
+        self.available = False  # the last call reached SQS (readiness)
 
     async def __aenter__(self) -> SqsGateway:
         client_config = AioConfig(
@@ -88,8 +108,16 @@ class SqsGateway:
             result: dict[str, Any] = await getattr(self._client, _snake(operation))(**params)
         except Exception as exc:
             self._metrics.sqs_errors.labels(operation, error_code(exc)).inc()
+            if is_unavailable(exc):
+                self._set_available(False)
             raise
+        self._set_available(True)
         return result
+
+    def _set_available(self, available: bool) -> None:
+        if available != self.available:
+            self.available = available
+            self._metrics.sqs_available.set(int(available))
 
     async def resolve(self, name: str, *, create: bool) -> QueueInfo:
         """Find a queue (creating it when allowed) and read its size limit and FIFO flag."""

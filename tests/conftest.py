@@ -116,6 +116,7 @@ class World:
             },
             "forward": {"linger_ms": 5, "retry_max_backoff_seconds": 1},
             "shutdown": {"grace_seconds": 10},
+            "http": {"host": "127.0.0.1", "port": 0},
         }
         for section, values in sections.items():
             data.setdefault(section, {}).update(values)
