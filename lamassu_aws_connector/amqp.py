@@ -127,6 +127,7 @@ class AmqpGateway:
                         client_properties={"connection_name": APP_ID},
                         timeout=10,
                         ssl_context=ssl_context,
+                        reconnect_interval=self._config.reconnect_interval_seconds,
                     )
                 except Exception as exc:
                     failure = _tls_failure(exc)

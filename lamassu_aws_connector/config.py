@@ -60,6 +60,7 @@ class AmqpConfig(_Section):
     reply_exchange: str = Field("lamassu-events", min_length=1)
     reply_dead_letter_queue: str = Field("lamassu-response.dlq", min_length=1)
     heartbeat_seconds: int = Field(30, ge=0)
+    reconnect_interval_seconds: float = Field(5.0, gt=0)
 
     @field_validator("url")
     @classmethod
