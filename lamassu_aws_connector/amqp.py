@@ -84,6 +84,7 @@ class AmqpGateway:
         self._exchanges: dict[str, AbstractExchange] = {}
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
+        self._closing = False
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if urlsplit(self._config.url).scheme != "amqps":
@@ -145,7 +146,8 @@ class AmqpGateway:
 
     def _on_connection_lost(self, *_: Any) -> None:
         self._metrics.amqp_connected.set(0)
-        log.warning("amqp.connection_lost", url=mask_url(self._config.url))
+        if not self._closing:
+            log.warning("amqp.connection_lost", url=mask_url(self._config.url))
 
     def _on_reconnected(self, *_: Any) -> None:
         self._metrics.amqp_connected.set(1)
@@ -242,6 +244,7 @@ class AmqpGateway:
         await self.publish("", queue, copy)
 
     async def close(self) -> None:
+        self._closing = True
         if self.connection is not None:
             await self.connection.close()
             self._metrics.amqp_connected.set(0)

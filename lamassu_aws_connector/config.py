@@ -7,6 +7,7 @@ JSON (``LAMASSU_AMQP__EXCHANGES='["lamassu-events","lamassu"]'``).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -210,6 +211,15 @@ def load_settings(path: str | Path | None) -> Settings:
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections at top level")
         data = loaded
+    unknown = sorted(
+        name
+        for name in os.environ
+        if name.upper().startswith(ENV_PREFIX)
+        and "__" in name
+        and name[len(ENV_PREFIX) :].split("__", 1)[0].lower() not in Settings.model_fields
+    )
+    if unknown:
+        raise ConfigError(f"unknown configuration section in environment variable(s): {', '.join(unknown)}")
     try:
         return Settings(**data)
     except ValidationError as exc:

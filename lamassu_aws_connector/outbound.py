@@ -284,10 +284,15 @@ class OutboundPipeline:
         try:
             response = await self._sqs.send_batch(self._queue, entries)
         except Exception as exc:
-            if is_batch_too_long(exc) and len(items) > 1:
-                # The queue's limit shrank under us: send one entry per call this time.
-                rest = await asyncio.gather(*(self._send_once([item]) for item in items))
-                return [item for part in rest for item in part]
+            if is_batch_too_long(exc):
+                if len(items) > 1:
+                    # The queue's limit shrank under us: send one entry per call this time.
+                    rest = await asyncio.gather(*(self._send_once([item]) for item in items))
+                    return [item for part in rest for item in part]
+                [item] = items
+                reason = f"SQS refused the event as too long for queue {self._queue.name}: {exc}"
+                await self._dead_letter(item.delivery, ErrorCode.TOO_LARGE, reason, item.log_fields)
+                return []
             log.warning(
                 "outbound.sqs_send_failed",
                 sqs_queue=self._queue.name,

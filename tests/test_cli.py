@@ -146,3 +146,9 @@ def _queue_exists(world: World):  # type: ignore[no-untyped-def]
             return False
 
     return check
+
+
+def test_unknown_environment_section_is_an_error() -> None:
+    result = cli("check-config", env={"LAMASSU_SQSX__REGION": "eu-west-1"})
+    assert result.returncode == 2
+    assert "LAMASSU_SQSX__REGION" in result.stderr
