@@ -9,7 +9,7 @@ scripts/services.sh up
 eval "$(scripts/services.sh env)"
 export LAMASSU_TEST_AMQP_URL=$AMQP_URL LAMASSU_TEST_SQS_ENDPOINT=$SQS_ENDPOINT_URL
 
-.venv/bin/ruff check lamassu_aws_connector tests
-.venv/bin/ruff format --check lamassu_aws_connector tests
+.venv/bin/ruff check lamassu_aws_connector tests bench
+.venv/bin/ruff format --check lamassu_aws_connector tests bench
 .venv/bin/mypy
 .venv/bin/pytest -p no:cacheprovider "$@"
