@@ -7,6 +7,7 @@ from typing import Any
 
 from lamassu_aws_connector.config import Settings
 from lamassu_aws_connector.events import parse_structured
+from lamassu_aws_connector.inbound import InboundPipeline
 from lamassu_aws_connector.metrics import Metrics
 from lamassu_aws_connector.outbound import Batcher, OutboundPipeline, Pending
 from lamassu_aws_connector.sqs import QueueInfo
@@ -135,3 +136,54 @@ async def test_batcher_respects_the_byte_limit() -> None:
         batcher.add(Pending(None, None, {}, 40, 0.0))  # type: ignore[arg-type]
     await batcher.drain()
     assert sent == [80, 80, 80, 40]
+
+
+class SlowAmqp:
+    """Publishes hang until released, like a broker under flow control."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.published: list[tuple[str, str]] = []
+        self.connected = True
+
+    async def publish(self, exchange: str, routing_key: str, message: Any) -> None:
+        await self.release.wait()
+        self.published.append((exchange, routing_key))
+
+
+class RecordingSqs:
+    def __init__(self) -> None:
+        self.visibility_calls: list[tuple[set[str], int]] = []
+        self.deleted: list[set[str]] = []
+
+    async def change_visibility_batch(
+        self, queue: QueueInfo, receipts: dict[str, str], visibility_seconds: int
+    ) -> dict[str, Any]:
+        self.visibility_calls.append((set(receipts.values()), visibility_seconds))
+        return {"Successful": [{"Id": key} for key in receipts], "Failed": []}
+
+    async def delete_batch(self, queue: QueueInfo, receipts: dict[str, str]) -> dict[str, Any]:
+        self.deleted.append(set(receipts.values()))
+        return {"Successful": [{"Id": key} for key in receipts], "Failed": []}
+
+
+async def test_visibility_is_extended_while_replies_wait_and_deleted_after_confirm() -> None:
+    settings = Settings(sqs={"visibility_timeout": 5})
+    amqp, sqs = SlowAmqp(), RecordingSqs()
+    queue = QueueInfo(name="resp", url="http://sqs/resp", max_message_bytes=1_048_576, fifo=False)
+    pipeline = InboundPipeline(settings, amqp, sqs, queue, Metrics())  # type: ignore[arg-type]
+    messages = [
+        {"MessageId": f"m{i}", "ReceiptHandle": f"r{i}", "Body": samples.body(samples.v1_cert_update(f"0{i}")).decode()}
+        for i in range(3)
+    ]
+    handling = asyncio.create_task(pipeline._handle_batch(messages))
+    deadline = asyncio.get_running_loop().time() + 10
+    while not sqs.visibility_calls and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    # Still waiting for RabbitMQ after half the visibility timeout: extended, nothing deleted.
+    assert sqs.visibility_calls == [({"r0", "r1", "r2"}, 5)]
+    assert sqs.deleted == []
+    amqp.release.set()
+    await asyncio.wait_for(handling, 5)
+    assert len(amqp.published) == 3
+    assert sqs.deleted == [{"r0", "r1", "r2"}]

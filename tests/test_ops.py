@@ -158,3 +158,45 @@ def _declared(world: World):  # type: ignore[no-untyped-def]
             return False
 
     return check
+
+
+async def test_second_signal_exits_at_once_and_nothing_is_lost(world: World, tmp_path: Path) -> None:
+    """With SQS away, a graceful stop would wait its whole grace period; a second SIGTERM cuts it short."""
+    host, port = SQS_ENDPOINT.removeprefix("http://").split(":")
+    proxy = TcpProxy(host, int(port))
+    await proxy.start()
+    settings = world.settings(sqs={"endpoint_url": proxy.url}, shutdown={"grace_seconds": 60})
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    events = [samples.body(samples.v3_device_create()) for _ in range(10)]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lamassu_aws_connector", "run", "--config", str(config),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await wait_for(_declared(world), 30, "events queue declared")
+        await proxy.stop()
+        for raw in events:
+            await world.publish(raw, routing_key="device.create")
+        await wait_for(lambda: _depth_is_zero(world), 10, "events taken by the connector")
+        process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        assert process.returncode is None  # still draining: SQS is unreachable
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), 5)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await proxy.start()
+    assert code == 1
+    # Unacked deliveries went back to RabbitMQ with the connection.
+    await wait_for(lambda: _depth_is(world, 10), 10, "10 events back in the queue")
+    await proxy.stop()
+
+
+async def _depth_is_zero(world: World) -> bool:
+    return await world.queue_depth(world.queue) == 0
+
+
+async def _depth_is(world: World, expected: int) -> bool:
+    return await world.queue_depth(world.queue) == expected
