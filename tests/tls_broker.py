@@ -23,10 +23,12 @@ Needs ``cryptography`` (dev dependency) and the Debian package ``rabbitmq-server
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import datetime
 import ipaddress
+import json
 import os
 import secrets
 import shutil
@@ -92,7 +94,10 @@ class Pki:
 
 def _name(cn: str) -> x509.Name:
     return x509.Name(
-        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "lamassu-aws-connector tests"), x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "lamassu-aws-connector tests"),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
     )
 
 
@@ -113,7 +118,9 @@ def _write_cert(path: Path, cert: x509.Certificate) -> None:
 
 def _validity(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
     now = datetime.datetime.now(datetime.UTC)
-    return builder.not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=30))
+    return builder.not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(
+        now + datetime.timedelta(days=30)
+    )
 
 
 def _make_ca(cn: str) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
@@ -257,6 +264,25 @@ def _port_open(port: int) -> bool:
         return False
 
 
+# Runs rabbitmq-server ($0) and stops it with SIGTERM (its trap then stops the VM gracefully) as soon
+# as our stdin reaches EOF: when stop() closes the pipe, or when the test process dies, even by
+# SIGKILL, so a crashed test run leaves no node behind; then removes the node's directory ($1, if
+# given). (An asynchronous list gets /dev/null as stdin in sh, hence fd 3.)
+_WATCHDOG = """
+exec 3<&0 </dev/null
+"$0" 3<&- &
+server=$!
+{
+  cat <&3 >/dev/null
+  kill -TERM "$server" 2>/dev/null
+  while kill -0 "$server" 2>/dev/null; do sleep 0.2; done
+  case $1 in */lamassu-tls-broker-*) rm -rf "$1" ;; esac
+} &
+exec 3<&-
+wait "$server"
+"""
+
+
 class TlsBrokerError(RuntimeError):
     pass
 
@@ -348,6 +374,18 @@ class TlsBroker:
             stdin=subprocess.DEVNULL,
         )
 
+    def list_connections(self, *fields: str) -> list[dict[str, object]]:
+        """The node's client connections as seen by the broker (``rabbitmqctl list_connections``),
+        e.g. fields ``name ssl ssl_protocol peer_cert_subject peer_cert_issuer user``. ~0.5 s."""
+        fields = fields or ("name", "ssl", "ssl_protocol", "peer_cert_subject", "peer_cert_issuer", "user")
+        out = self.rabbitmqctl("list_connections", *fields, "--formatter", "json").stdout
+        result: list[dict[str, object]] = json.loads(out or "[]")
+        return result
+
+    def close_all_connections(self, reason: str = "closed by test") -> None:
+        """Closes every client connection from the broker side (CONNECTION_FORCED). ~0.5 s."""
+        self.rabbitmqctl("close_all_connections", reason)
+
     def _write_config(self) -> None:
         assert self.directory is not None
         d = self.directory
@@ -402,10 +440,16 @@ class TlsBroker:
         self._console = self.directory / "log" / "console.log"
         with self._console.open("wb") as console:
             self._proc = subprocess.Popen(
-                [str(RABBITMQ_BIN / "rabbitmq-server")],
+                [
+                    "/bin/sh",
+                    "-c",
+                    _WATCHDOG,
+                    str(RABBITMQ_BIN / "rabbitmq-server"),
+                    "" if os.environ.get("LAMASSU_TLS_BROKER_KEEP") else str(self.directory),
+                ],
                 env=self._env(),
                 cwd=self.directory,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,  # the watchdog: when this pipe closes (stop() or our death), the node stops
                 stdout=console,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # own process group: stop() can kill erl and its helpers
@@ -442,23 +486,26 @@ class TlsBroker:
             ) from e
 
     def stop(self) -> None:
-        """Stops the node (rabbitmqctl stop, then TERM/KILL to its process group); idempotent."""
+        """Stops the node and everything in its process group; idempotent.
+
+        Closing the watchdog pipe makes the wrapper send SIGTERM to ``rabbitmq-server``, whose trap
+        stops the Erlang VM gracefully; whatever is left after 20 s is killed (SIGKILL to the group).
+        """
         proc = self._proc
         if proc is None:
             return
         t0 = time.monotonic()
         try:
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+            self._wait_exit(proc, 20)
             if proc.poll() is None:
-                with contextlib.suppress(subprocess.SubprocessError, OSError):
-                    self.rabbitmqctl("stop", timeout=30, check=False)
-                self._wait_exit(proc, 20)
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGTERM)
                 self._wait_exit(proc, 10)
         finally:
-            # Whatever else is left in the group (erl_child_setup, inet_gethost...), and the node itself
-            # if TERM did not do it.
+            # Whatever else is left in the group (the watchdog, erl_child_setup, a stuck VM...).
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -487,15 +534,11 @@ class TlsBroker:
         self.stop()
 
     async def __aenter__(self) -> TlsBroker:
-        import asyncio
-
         return await asyncio.to_thread(self.start)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        import asyncio
-
         await asyncio.to_thread(self.stop)
 
 
