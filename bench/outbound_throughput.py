@@ -88,8 +88,10 @@ async def run_once(count: int) -> dict[str, float]:
         yaml.safe_dump(config, handle)
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
     started = time.monotonic()
+    # BENCH_WRAP="py-spy record -f raw -o /tmp/profile.txt --" profiles the connector.
+    wrap = os.environ.get("BENCH_WRAP", "").split()
     process = subprocess.Popen(
-        [sys.executable, "-m", "lamassu_aws_connector", "run", "--config", handle.name],
+        [*wrap, sys.executable, "-m", "lamassu_aws_connector", "run", "--config", handle.name],
         stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
     )  # fmt: skip
     async with get_session().create_client("sqs", region_name="us-east-1", endpoint_url=SQS_ENDPOINT) as sqs:
