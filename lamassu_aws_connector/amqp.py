@@ -221,8 +221,9 @@ class AmqpGateway:
             {
                 "x-error-code": code,
                 "x-error-message": reason,
-                "x-original-exchange": delivery.exchange or "",
-                "x-original-routing-key": delivery.routing_key or "",
+                # A replayed copy (dlq replay) carries where it first came from: keep that.
+                "x-original-exchange": headers.get("x-original-exchange", delivery.exchange or ""),
+                "x-original-routing-key": headers.get("x-original-routing-key", delivery.routing_key or ""),
                 "x-dead-lettered-by": APP_ID,
                 "x-dead-lettered-at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
             }

@@ -141,6 +141,37 @@ class HttpConfig(_Section):
     port: int = Field(8080, ge=0, le=65535)  # 0 picks a free port (tests)
 
 
+class ClaimCheckConfig(_Section):
+    """Events too big for SQS are stored in S3 and the SQS message points at them (CloudEvents dataref)."""
+
+    bucket: str = ""  # empty: off, oversize events are dead-lettered as too_large
+    key_prefix: str = "lamassu-aws-connector/"
+    # SQS message size (body + attributes) above which the data goes to S3; None = the queue's limit.
+    threshold_bytes: int | None = Field(None, ge=1024)
+    max_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # larger events are dead-lettered as too_large
+    resolve_replies: bool = True  # replies with an s3:// dataref get their data back before RabbitMQ
+    server_side_encryption: Literal["AES256", "aws:kms"] = "AES256"
+    kms_key_id: str | None = None
+    endpoint_url: str | None = None  # None = sqs.endpoint_url (LocalStack serves S3 on the same port)
+    retry_max_backoff_seconds: float = Field(20.0, gt=0)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _http_endpoint(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _kms_key_needs_kms(self) -> ClaimCheckConfig:
+        if self.kms_key_id and self.server_side_encryption != "aws:kms":
+            raise ValueError("kms_key_id is set, but server_side_encryption is not aws:kms")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -156,6 +187,7 @@ class Settings(BaseSettings):
     log: LogConfig = Field(default_factory=LogConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    claim_check: ClaimCheckConfig = Field(default_factory=ClaimCheckConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -28,6 +28,7 @@ from aiormq.exceptions import PublishError
 from tenacity import AsyncRetrying, retry_if_not_exception_type, stop_after_attempt, wait_random_exponential
 
 from .amqp import AmqpGateway, string_headers
+from .claimcheck import DATAREF_UNRESOLVED, ClaimCheck, Unresolvable
 from .config import APP_ID, Settings
 from .events import ErrorCode, ParsedEvent, Rejection, parse_structured
 from .logs import get_logger
@@ -65,12 +66,16 @@ class InboundPipeline:
         sqs: SqsGateway,
         response_queue: QueueInfo,
         metrics: Metrics,
+        *,
+        claim_check: ClaimCheck | None = None,
     ) -> None:
         self._settings = settings
         self._amqp = amqp
         self._sqs = sqs
         self._queue = response_queue
         self._metrics = metrics
+        resolve = claim_check is not None and settings.claim_check.resolve_replies
+        self._claim_check = claim_check if resolve else None
         self._stopping = asyncio.Event()
         self._pollers: list[asyncio.Task[None]] = []
 
@@ -178,6 +183,19 @@ class InboundPipeline:
         except Rejection as rejection:
             await self._dead_letter(item, raw, rejection.code.value, rejection.message)
             return
+        if self._claim_check is not None:
+            fields = {"event_id": parsed.id, "event_type": parsed.type, "queue": self._queue.name}
+            try:
+                resolved = await self._claim_check.resolve(parsed, fields)
+            except (Unresolvable, Rejection) as exc:
+                await self._dead_letter(item, raw, DATAREF_UNRESOLVED, str(exc), fields)
+                return
+            except Exception as exc:
+                # S3 is unavailable: the reply stays in SQS and is tried again after its visibility timeout.
+                log.warning("inbound.dataref_unavailable", **fields, error=error_code(exc), detail=str(exc)[:300])
+                return
+            if resolved is not None:
+                parsed, raw = resolved, resolved.body
         try:
             await self._publish_reply(item, raw, parsed)
         except PublishError:

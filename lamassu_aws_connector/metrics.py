@@ -86,3 +86,16 @@ class Metrics:
         self.amqp_connected = Gauge(
             "lamassu_connector_amqp_connected", "1 while the AMQP connection is open", registry=r
         )
+        # Claim-check (claimcheck.py): events whose data went to S3, and replies whose data came back.
+        self.claim_checked = Counter(
+            "lamassu_connector_claim_checked", "Events whose data was stored in S3 (dataref sent)", registry=r
+        )
+        self.claim_checked_bytes = Counter(
+            "lamassu_connector_claim_checked_bytes", "Bytes of event data stored in S3", registry=r
+        )
+        self.replies_resolved = Counter(
+            "lamassu_connector_replies_resolved", "Replies whose dataref was resolved from S3", registry=r
+        )
+        self.s3_errors = Counter(
+            "lamassu_connector_s3_errors", "S3 calls that failed", ["operation", "code"], registry=r
+        )

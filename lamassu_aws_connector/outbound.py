@@ -29,6 +29,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from .amqp import AmqpGateway, channel_open
+from .claimcheck import Abandoned, ClaimCheck
 from .config import APP_ID, Settings
 from .events import ErrorCode, ParsedEvent, Rejection, forbidden_sqs_character, is_w3c_traceparent, parse_amqp
 from .logs import get_logger
@@ -142,12 +143,15 @@ class OutboundPipeline:
         sqs: SqsGateway,
         command_queue: QueueInfo,
         metrics: Metrics,
+        *,
+        claim_check: ClaimCheck | None = None,
     ) -> None:
         self._settings = settings
         self._amqp = amqp
         self._sqs = sqs
         self._queue = command_queue
         self._metrics = metrics
+        self._claim_check = claim_check if claim_check is not None and claim_check.enabled else None
         self._source_queue = settings.amqp.queue
         self._forward = _type_matcher(settings.forward.types)
         self._batcher = Batcher(
@@ -203,8 +207,12 @@ class OutboundPipeline:
         received_at = time.monotonic()
         limit = self._queue.max_message_bytes
         body = delivery.body
-        if len(body) > limit:
+        # With a claim-check bucket, bodies beyond the SQS limit are welcome, up to claim_check.max_bytes.
+        accepted = self._claim_check.config.max_bytes if self._claim_check else limit
+        if len(body) > accepted:
             reason = f"message body is {len(body)} bytes; SQS queue {self._queue.name} accepts at most {limit}"
+            if self._claim_check:
+                reason = f"message body is {len(body)} bytes; claim_check.max_bytes is {accepted}"
             await self._dead_letter(delivery, ErrorCode.TOO_LARGE, reason, {})
             return
         try:
@@ -231,6 +239,18 @@ class OutboundPipeline:
             return
         entry = self._entry(parsed, delivery)
         size = len(parsed.body) + message_attributes_size(entry["MessageAttributes"])
+        if self._claim_check and size > self._claim_check.threshold(limit):
+            try:
+                checked = await self._claim_check.check_in(
+                    parsed, entry, fields, keep_trying=lambda: channel_open(delivery)
+                )
+            except Abandoned:
+                # The channel is gone: RabbitMQ redelivers the event and it is stored then.
+                self._metrics.in_flight.dec()
+                return
+            if checked is not None:
+                entry = checked
+                size = len(entry["MessageBody"].encode()) + message_attributes_size(entry["MessageAttributes"])
         if size > limit:
             reason = f"event is {size} bytes with its attributes; SQS queue {self._queue.name} accepts at most {limit}"
             await self._dead_letter(delivery, ErrorCode.TOO_LARGE, reason, fields)

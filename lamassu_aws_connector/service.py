@@ -16,6 +16,7 @@ from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
 
 from . import __version__
 from .amqp import AmqpGateway, TlsError
+from .claimcheck import BucketMissing, ClaimCheck
 from .config import Settings
 from .http import OpsServer
 from .inbound import InboundPipeline
@@ -85,14 +86,15 @@ class Service:
             self.sqs = sqs = await stack.enter_async_context(SqsGateway(settings.sqs, self.metrics))
             command_queue = await self._resolve(sqs, settings.sqs.command_queue)
             response_queue = await self._resolve(sqs, settings.sqs.response_queue)
+            claim_check = await self._claim_check(stack)
             self.amqp = amqp = AmqpGateway(settings.amqp, self.metrics)
             stack.push_async_callback(amqp.close)
             try:
                 await amqp.connect()
             except TlsError as exc:
                 raise StartupError(str(exc)) from exc
-            self.outbound = OutboundPipeline(settings, amqp, sqs, command_queue, self.metrics)
-            self.inbound = InboundPipeline(settings, amqp, sqs, response_queue, self.metrics)
+            self.outbound = OutboundPipeline(settings, amqp, sqs, command_queue, self.metrics, claim_check=claim_check)
+            self.inbound = InboundPipeline(settings, amqp, sqs, response_queue, self.metrics, claim_check=claim_check)
             try:
                 await self.outbound.start()
                 await self.inbound.start()
@@ -137,6 +139,34 @@ class Service:
                         raise
                     raise StartupError(f"cannot use SQS queue {name!r}: {exc}") from exc
         raise AssertionError("unreachable")
+
+    async def _claim_check(self, stack: AsyncExitStack) -> ClaimCheck | None:
+        """The S3 client when a claim-check bucket is set or replies are resolved; the bucket must exist."""
+        config = self.settings.claim_check
+        if not config.bucket and not config.resolve_replies:
+            return None
+        claim_check = await stack.enter_async_context(ClaimCheck(config, self.settings.sqs, self.metrics))
+        if not config.bucket:
+            return claim_check
+        async for attempt in AsyncRetrying(
+            wait=wait_random_exponential(multiplier=0.5, max=15),
+            retry=retry_if_exception(is_unavailable),
+            before_sleep=lambda state: log.warning(
+                "s3.unavailable", bucket=config.bucket, attempt=state.attempt_number, error=_outcome_error(state)
+            ),
+            reraise=True,
+        ):
+            with attempt:
+                try:
+                    await claim_check.check_bucket(create=self.settings.sqs.create_queues)
+                except BucketMissing as exc:
+                    raise StartupError(str(exc)) from exc
+                except Exception as exc:
+                    if is_unavailable(exc):
+                        raise
+                    raise StartupError(f"cannot use S3 bucket {config.bucket!r}: {exc}") from exc
+        log.info("claimcheck.enabled", bucket=config.bucket, resolve_replies=config.resolve_replies)
+        return claim_check
 
 
 def _outcome_error(state: Any) -> str | None:
