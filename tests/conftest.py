@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
+from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from hypothesis import settings as hypothesis_settings
 
@@ -248,3 +249,20 @@ async def running(settings: Settings, timeout: float = 30.0) -> AsyncIterator[Se
     finally:
         service.request_stop()
         assert await asyncio.wait_for(task, settings.shutdown.grace_seconds + 10) == 0
+
+
+@pytest.fixture
+async def s3_bucket(services: None) -> AsyncIterator[tuple[str, Any]]:
+    """A fresh S3 bucket on the same endpoint as SQS (LocalStack serves both), emptied and removed after."""
+    name = f"t{uuid.uuid4().hex[:12]}-claim-check"
+    session = get_session()
+    config = AioConfig(s3={"addressing_style": "path"})
+    async with session.create_client("s3", region_name="us-east-1", endpoint_url=SQS_ENDPOINT, config=config) as s3:
+        await s3.create_bucket(Bucket=name)
+        try:
+            yield name, s3
+        finally:
+            listed = await s3.list_objects_v2(Bucket=name)
+            for item in listed.get("Contents", []):
+                await s3.delete_object(Bucket=name, Key=item["Key"])
+            await s3.delete_bucket(Bucket=name)

@@ -1,0 +1,165 @@
+"""Dead-letter tools on a real RabbitMQ and SQS: list leaves everything, replay moves what matches."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from lamassu_aws_connector import dlq
+from lamassu_aws_connector.config import Settings
+
+from . import samples
+from .conftest import World, running, wait_for
+from .test_inbound import bind_observer, send_replies
+from .test_outbound import attributes, metric
+
+pytestmark = pytest.mark.integration
+
+
+def cli(settings: Settings, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    return subprocess.run(
+        [sys.executable, "-m", "lamassu_aws_connector", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def event(event_type: str, event_id: str, padding: int = 3000) -> bytes:
+    return orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": "lamassu/ca",
+            "type": event_type,
+            "data": {"name": "CA-test", "status": "REVOKED", "pad": "x" * padding},
+        }
+    )
+
+
+async def test_dead_letters_are_listed_kept_and_replayed_after_the_fix(
+    world: World, s3_bucket: tuple[str, Any], tmp_path: Path
+) -> None:
+    bucket, _ = s3_bucket
+    # A 1 KiB command queue and no claim-check bucket: every 3 KB event is dead-lettered as too_large.
+    await world.create_sqs_queue(world.command_queue, {"MaximumMessageSize": "1024"})
+    oversize = {
+        "ca-1": event("io.lamassu.ca.update", "ca-1"),
+        "ca-2": event("io.lamassu.ca.update", "ca-2"),
+        "dev-1": event("io.lamassu.device.create", "dev-1"),
+    }
+    broken = b'{"specversion": "1.0", "id": "broken'
+    settings = world.settings()
+    async with running(settings) as service:
+        for raw in oversize.values():
+            await world.publish(raw, routing_key="io.lamassu.x")
+        await world.publish(broken, exchange="", content_type="text/json")
+        await wait_for(lambda: metric(service, "events_dead_lettered", code="too_large") == 3, what="3 too_large")
+        await wait_for(lambda: metric(service, "events_dead_lettered", code="invalid_json") == 1, what="1 invalid")
+
+    # list: everything is shown, nothing is consumed, the order is kept.
+    depth, letters = await dlq.list_dead_letters(settings, None, limit=10)
+    assert depth == 4 and await world.queue_depth(world.dlq) == 4
+    assert sorted(letter.code for letter in letters) == ["invalid_json", *["too_large"] * 3]
+    assert sorted(letter.event_id for letter in letters if letter.code == "too_large") == ["ca-1", "ca-2", "dev-1"]
+    assert all(letter.age_seconds is not None and letter.age_seconds >= 0 for letter in letters)
+    _, again = await dlq.list_dead_letters(settings, "events", limit=2)
+    assert [letter.event_id for letter in again] == [letter.event_id for letter in letters[:2]]
+    shown = cli(settings, tmp_path, "dlq", "list")
+    assert shown.returncode == 0, shown.stderr
+    assert f"{world.dlq}: 4 message(s)" in shown.stdout and shown.stdout.count("too_large") == 3
+    assert await world.queue_depth(world.dlq) == 4
+
+    # dry run: reports what matches, changes nothing.
+    dry = await dlq.replay(settings, code="too_large", dry_run=True)
+    assert (dry.seen, len(dry.matched), dry.replayed, dry.kept) == (4, 3, 0, 1)
+    shown = cli(settings, tmp_path, "dlq", "replay", "--code", "too_large", "--dry-run")
+    assert shown.returncode == 0, shown.stderr
+    assert "would replay 3, kept 1" in shown.stdout
+    assert await world.queue_depth(world.dlq) == 4
+    assert await world.sqs_count(world.command_queue) == 0
+
+    # The fix: a claim-check bucket. Replay by type, then by code; the broken event stays.
+    fixed = world.settings(claim_check={"bucket": bucket})
+    async with running(fixed) as service:
+        by_type = await dlq.replay(fixed, type_glob="io.lamassu.ca.*")
+        assert (by_type.replayed, by_type.kept, by_type.failed) == (2, 2, 0)
+        shown = cli(fixed, tmp_path, "dlq", "replay", "--code", "too_large")
+        assert shown.returncode == 0, shown.stderr
+        assert "replayed 1, kept 1, failed 0" in shown.stdout
+        received = await world.take_sqs(world.command_queue, 3)
+        await wait_for(lambda: metric(service, "claim_checked") == 3, what="3 claim-checked")
+    assert sorted(attributes(message)["ce-id"] for message in received) == ["ca-1", "ca-2", "dev-1"]
+    assert all(attributes(message)["ce-dataref"].startswith(f"s3://{bucket}/") for message in received)
+    [left] = await world.take_amqp(world.dlq, 1)
+    assert left.body == broken and left.headers["x-error-code"] == "invalid_json"
+    assert await world.queue_depth(world.dlq) == 0
+
+
+async def test_a_replayed_event_that_fails_again_keeps_its_origin(world: World) -> None:
+    await world.create_sqs_queue(world.command_queue, {"MaximumMessageSize": "1024"})
+    settings = world.settings()
+    async with running(settings) as service:
+        await world.publish(event("io.lamassu.ca.update", "ca-9"), routing_key="io.lamassu.ca.update")
+        await wait_for(lambda: metric(service, "events_dead_lettered", code="too_large") == 1, what="dead-lettered")
+        result = await dlq.replay(settings)
+        assert result.replayed == 1
+        await wait_for(lambda: metric(service, "events_dead_lettered", code="too_large") == 2, what="again")
+    [dead] = await world.take_amqp(world.dlq, 1)
+    assert dead.headers["x-original-exchange"] == world.exchange
+    assert dead.headers["x-original-routing-key"] == "io.lamassu.ca.update"
+
+
+async def test_reply_dead_letters_go_back_through_sqs(world: World) -> None:
+    reply = orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": "reply-1",
+            "source": "aws/lambda",
+            "type": "io.lamassu.iotcore.config.response",
+            "data": {"account_id": "123456789012"},
+        }
+    )
+    # A reply exchange of its own: the events queue binds "#" on the default one, routing everything.
+    world.reply_exchange = f"t{world.tag}.replies"
+    world.exchanges.append(world.reply_exchange)
+    settings = world.settings(amqp={"reply_exchange": world.reply_exchange}, sqs={"unroutable_max_receives": 1})
+    async with running(settings) as service:
+        # Nobody is bound for the reply's type yet: dead-lettered as unroutable at its first receive.
+        await send_replies(world, [reply], traceparent=samples.W3C_TRACEPARENT)
+        await wait_for(lambda: metric(service, "replies_dead_lettered", code="unroutable") == 1, what="unroutable")
+        [letter] = (await dlq.list_dead_letters(settings, "replies"))[1]
+        assert (letter.code, letter.event_id, letter.is_reply) == ("unroutable", "reply-1", True)
+        observer = await bind_observer(world)
+        result = await dlq.replay(settings, "replies", code="unroutable")
+        assert (result.replayed, result.kept) == (1, 0)
+        [relayed] = await world.take_amqp(observer.name, 1)
+    assert relayed.body == reply
+    assert relayed.headers["traceparent"] == samples.W3C_TRACEPARENT  # the SQS attribute came back
+    assert await world.queue_depth(world.reply_dlq) == 0
+
+
+async def test_send_publishes_valid_files_and_refuses_bad_ones(world: World, tmp_path: Path) -> None:
+    good = [tmp_path / "a.json", tmp_path / "b.json"]
+    good[0].write_bytes(samples.body(samples.v1_ca_update()))
+    good[1].write_bytes(samples.body(samples.v3_device_create()))
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(samples.BAD_BODIES["time_js"][0])
+    settings = world.settings()
+    async with running(settings):
+        refused = cli(settings, tmp_path, "send", str(good[0]), str(bad))
+        assert refused.returncode == 2 and str(bad) in refused.stderr and "invalid_attribute" in refused.stderr
+        sent = cli(settings, tmp_path, "send", *map(str, good))
+        assert sent.returncode == 0, sent.stderr
+        received = await world.take_sqs(world.command_queue, 2)
+    assert sorted(message["Body"].encode() for message in received) == sorted(path.read_bytes() for path in good)
+    assert await world.sqs_count(world.command_queue) == 0
