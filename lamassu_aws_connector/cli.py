@@ -82,7 +82,11 @@ def _operator_tool(settings: Settings, args: argparse.Namespace) -> int:
     configure_logging("warning", settings.log.format)
     try:
         if args.command == "send":
-            events = dlq.load_events(args.files, repair_missing_id=settings.validation.repair_missing_id)
+            try:
+                events = dlq.load_events(args.files, repair_missing_id=settings.validation.repair_missing_id)
+            except dlq.ToolError as exc:
+                print(f"lamassu-aws-connector: nothing sent: {exc}", file=sys.stderr)
+                return EXIT_BAD_CONFIG
         if args.command == "dlq" and args.dlq_command == "list":
             depth, letters = asyncio.run(dlq.list_dead_letters(settings, args.queue, args.limit))
             name = dlq.resolve_queue(settings, args.queue)
@@ -117,7 +121,7 @@ def _operator_tool(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_OK
     except dlq.ToolError as exc:
         print(f"lamassu-aws-connector: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG if args.command == "send" and "exchange" not in str(exc) else EXIT_FAILED
+        return EXIT_FAILED
     except Exception as exc:
         print(f"lamassu-aws-connector: {args.command} failed: {exc!r}", file=sys.stderr)
         return EXIT_FAILED

@@ -148,7 +148,9 @@ class ClaimCheckConfig(_Section):
     key_prefix: str = "lamassu-aws-connector/"
     # SQS message size (body + attributes) above which the data goes to S3; None = the queue's limit.
     threshold_bytes: int | None = Field(None, ge=1024)
-    max_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # larger events are dead-lettered as too_large
+    # Larger events are dead-lettered as too_large; keep it within RabbitMQ's max_message_size
+    # (16 MiB by default since RabbitMQ 4.0), which resolved replies must pass too.
+    max_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     resolve_replies: bool = True  # replies with an s3:// dataref get their data back before RabbitMQ
     server_side_encryption: Literal["AES256", "aws:kms"] = "AES256"
     kms_key_id: str | None = None

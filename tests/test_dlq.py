@@ -105,18 +105,35 @@ async def test_dead_letters_are_listed_kept_and_replayed_after_the_fix(
     assert await world.queue_depth(world.dlq) == 0
 
 
-async def test_a_replayed_event_that_fails_again_keeps_its_origin(world: World) -> None:
+async def test_replay_goes_to_the_connector_alone_unless_asked_for_the_original_exchange(world: World) -> None:
     await world.create_sqs_queue(world.command_queue, {"MaximumMessageSize": "1024"})
+    # Another Lamassu service subscribed to the same exchange.
+    channel = await world.channel()
+    exchange = await channel.declare_exchange(world.exchange, "topic", durable=True)
+    other = await channel.declare_queue(f"t{world.tag}.other-service", durable=False)
+    world.amqp_queues.append(other.name)
+    await other.bind(exchange, routing_key="io.lamassu.ca.#")
     settings = world.settings()
+    raw = event("io.lamassu.ca.update", "ca-9")
     async with running(settings) as service:
-        await world.publish(event("io.lamassu.ca.update", "ca-9"), routing_key="io.lamassu.ca.update")
+        await world.publish(raw, routing_key="io.lamassu.ca.update")
         await wait_for(lambda: metric(service, "events_dead_lettered", code="too_large") == 1, what="dead-lettered")
-        result = await dlq.replay(settings)
-        assert result.replayed == 1
+        assert (await dlq.replay(settings)).replayed == 1
         await wait_for(lambda: metric(service, "events_dead_lettered", code="too_large") == 2, what="again")
+        assert await world.queue_depth(other.name) == 1  # only the original publish
+        # Dead-lettered again after a replay: the headers still name the first origin.
+        [letter] = (await dlq.list_dead_letters(settings))[1]
+        assert letter.event_id == "ca-9"
+        assert (await dlq.replay(settings, to_original=True)).replayed == 1
+        await wait_for(lambda: metric(service, "events_dead_lettered", code="too_large") == 3, what="third time")
+    assert await world.queue_depth(other.name) == 2  # to_original reached every subscriber
     [dead] = await world.take_amqp(world.dlq, 1)
+    assert dead.body == raw
     assert dead.headers["x-original-exchange"] == world.exchange
     assert dead.headers["x-original-routing-key"] == "io.lamassu.ca.update"
+    _, replayed = await world.take_amqp(other.name, 2)
+    assert replayed.body == raw
+    assert not [key for key in replayed.headers or {} if key.startswith(("x-error-", "x-dead-lettered-"))]
 
 
 async def test_reply_dead_letters_go_back_through_sqs(world: World) -> None:
