@@ -164,15 +164,19 @@ async def test_dataref_replies_get_their_data_back(world: World, s3_bucket: tupl
         "datacontenttype": "application/json",
         "dataref": f"s3://{bucket}/replies/r-1",
     }
+    await s3.put_object(Bucket=bucket, Key="replies/huge", Body=orjson.dumps({"blob": "C" * 500_000}))
     missing = {**reply, "id": "r-2", "dataref": f"s3://{bucket}/replies/nothing-here"}
+    huge = {**reply, "id": "r-3", "dataref": f"s3://{bucket}/replies/huge"}
     observer = await bind_observer(world)
-    async with running(world.settings()) as service:  # resolve_replies is on by default
-        await send_replies(world, [orjson.dumps(reply), orjson.dumps(missing)])
+    # resolve_replies is on by default, and needs no bucket of the connector's own.
+    async with running(world.settings(claim_check={"max_bytes": 400_000})) as service:
+        await send_replies(world, [orjson.dumps(reply), orjson.dumps(missing), orjson.dumps(huge)])
         [relayed] = await world.take_amqp(observer.name, 1)
-        [dead] = await world.take_amqp(world.reply_dlq, 1)
+        dead = await world.take_amqp(world.reply_dlq, 2)
         await wait_for(lambda: metric(service, "replies_resolved") == 1, what="1 resolved")
     assert orjson.loads(relayed.body) == {**{k: v for k, v in reply.items() if k != "dataref"}, "data": data}
     assert relayed.message_id == "r-1"
-    assert dead.headers["x-error-code"] == "dataref_unresolved"
-    assert "NoSuchKey" in str(dead.headers["x-error-message"])
-    assert orjson.loads(dead.body)["id"] == "r-2"
+    reasons = {orjson.loads(message.body)["id"]: message.headers for message in dead}
+    assert {headers["x-error-code"] for headers in reasons.values()} == {"dataref_unresolved"}
+    assert "NoSuchKey" in str(reasons["r-2"]["x-error-message"])
+    assert "claim_check.max_bytes" in str(reasons["r-3"]["x-error-message"])
