@@ -253,6 +253,8 @@ class OutboundPipeline:
                 size = len(entry["MessageBody"].encode()) + message_attributes_size(entry["MessageAttributes"])
         if size > limit:
             reason = f"event is {size} bytes with its attributes; SQS queue {self._queue.name} accepts at most {limit}"
+            if "ce-dataref" in entry["MessageAttributes"]:
+                reason = f"even without its data (stored in S3) the event is {size} bytes; the limit is {limit}"
             await self._dead_letter(delivery, ErrorCode.TOO_LARGE, reason, fields)
             return
         self._batcher.add(Pending(delivery, parsed, entry, size, received_at, log_fields=fields))
