@@ -29,7 +29,8 @@ from tenacity import AsyncRetrying, retry_if_not_exception_type, stop_after_atte
 
 from .amqp import AmqpGateway, string_headers
 from .config import APP_ID, Settings
-from .events import ErrorCode, ParsedEvent, Rejection, parse_structured
+from .correlation import CorrelationTable
+from .events import ErrorCode, ParsedEvent, Rejection, is_w3c_traceparent, parse_structured
 from .logs import get_logger
 from .metrics import Metrics
 from .sqs import QueueInfo, SqsGateway, error_code
@@ -65,8 +66,11 @@ class InboundPipeline:
         sqs: SqsGateway,
         response_queue: QueueInfo,
         metrics: Metrics,
+        *,
+        correlation: CorrelationTable | None = None,
     ) -> None:
         self._settings = settings
+        self._correlation = correlation
         self._amqp = amqp
         self._sqs = sqs
         self._queue = response_queue
@@ -186,20 +190,23 @@ class InboundPipeline:
         item.settled = True
         self._metrics.replies_relayed.inc()
         self._metrics.inbound_latency.observe(time.monotonic() - item.received_at)
+        fields = {"event_id": parsed.id, "event_type": parsed.type, "queue": self._queue.name}
         log.info(
             "inbound.relayed",
-            event_id=parsed.id,
-            event_type=parsed.type,
-            queue=self._queue.name,
+            **fields,
             sqs_message_id=item.sqs_message_id,
             exchange=self._settings.amqp.reply_exchange,
         )
+        if self._correlation is not None:
+            self._correlation.reply_received(parsed.event, fields)
 
     async def _publish_reply(self, item: Received, raw: bytes, parsed: ParsedEvent) -> None:
         headers: dict[str, Any] = {"_watermill_message_uuid": parsed.id, "x-sqs-message-id": item.sqs_message_id}
-        traceparent = parsed.traceparent or _attribute(item.message, "traceparent")
-        if traceparent:
-            headers["traceparent"] = traceparent
+        trace = _trace_context(parsed, item.message)
+        if trace is not None:
+            headers["traceparent"], tracestate = trace
+            if tracestate:
+                headers["tracestate"] = tracestate
         message = aio_pika.Message(
             body=parsed.body if parsed.repaired_id else raw,
             content_type="application/cloudevents+json",
@@ -311,6 +318,18 @@ class InboundPipeline:
                 error=failure.get("Code"),
                 detail=failure.get("Message"),
             )
+
+
+def _trace_context(parsed: ParsedEvent, message: dict[str, Any]) -> tuple[str, str | None] | None:
+    """W3C (traceparent, tracestate) from the reply's extension, else from the SQS message attributes."""
+    traceparent = parsed.traceparent
+    if traceparent is not None and is_w3c_traceparent(traceparent):
+        tracestate = parsed.event.extension("tracestate")
+        return traceparent, tracestate if isinstance(tracestate, str) and tracestate else None
+    traceparent = _attribute(message, "traceparent")
+    if traceparent is None or not is_w3c_traceparent(traceparent):
+        return None
+    return traceparent, _attribute(message, "tracestate")
 
 
 def _attribute(message: dict[str, Any], name: str) -> str | None:

@@ -29,7 +29,9 @@ from aio_pika.abc import AbstractIncomingMessage
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from .amqp import AmqpGateway, channel_open
+from .catalogue import DataCheck
 from .config import APP_ID, Settings
+from .correlation import CorrelationTable, correlation_id
 from .events import ErrorCode, ParsedEvent, Rejection, forbidden_sqs_character, is_w3c_traceparent, parse_amqp
 from .logs import get_logger
 from .metrics import Metrics
@@ -142,8 +144,12 @@ class OutboundPipeline:
         sqs: SqsGateway,
         command_queue: QueueInfo,
         metrics: Metrics,
+        *,
+        correlation: CorrelationTable | None = None,
     ) -> None:
         self._settings = settings
+        self._data_check = DataCheck(settings.validation.data, metrics)
+        self._correlation = correlation
         self._amqp = amqp
         self._sqs = sqs
         self._queue = command_queue
@@ -213,6 +219,7 @@ class OutboundPipeline:
                 delivery.content_type,
                 delivery.headers,
                 repair_missing_id=self._settings.validation.repair_missing_id,
+                add_correlation_id=True,
             )
         except Rejection as rejection:
             await self._dead_letter(delivery, rejection.code, rejection.message, {})
@@ -223,6 +230,10 @@ class OutboundPipeline:
             log.warning("outbound.id_repaired", **fields, reason="event arrived without an id")
         if not self._forward(parsed.type):
             await self._skip(delivery, "type_not_forwarded", fields)
+            return
+        invalid_data = self._data_check.rejection(parsed.event, fields)
+        if invalid_data is not None:
+            await self._dead_letter(delivery, ErrorCode.INVALID_DATA, invalid_data, fields)
             return
         bad_char = forbidden_sqs_character(parsed.body)
         if bad_char is not None:
@@ -249,9 +260,12 @@ class OutboundPipeline:
             attributes["ce-subject"] = event.subject
         if event.time:
             attributes["ce-time"] = event.time
-        traceparent = parsed.traceparent or _header_traceparent(delivery)
-        if traceparent:
-            attributes["traceparent"] = traceparent
+        attributes["ce-correlationid"] = correlation_id(event)
+        trace = _trace_context(parsed, delivery)
+        if trace is not None:
+            attributes["traceparent"], tracestate = trace
+            if tracestate:
+                attributes["tracestate"] = tracestate
         entry: dict[str, Any] = {
             "MessageBody": parsed.body.decode("utf-8"),
             "MessageAttributes": {
@@ -305,6 +319,8 @@ class OutboundPipeline:
         by_id = dict(enumerate(items))
         for success in response.get("Successful", []):
             item = by_id.pop(int(success["Id"]))
+            if self._correlation is not None:
+                self._correlation.command_sent(item.parsed.event)
             if await self._ack(item.delivery, item.log_fields):
                 self._metrics.events_forwarded.inc()
                 self._metrics.outbound_latency.observe(now - item.received_at)
@@ -391,8 +407,29 @@ def _type_matcher(patterns: list[str]) -> Callable[[str], bool]:
 
 
 def _header_traceparent(delivery: AbstractIncomingMessage) -> str | None:
-    value = (delivery.headers or {}).get("traceparent")
+    value = _header_string(delivery, "traceparent")
+    # Lamassu v2.0 put the event id in this header: forward only a real W3C trace context.
+    return value if value is not None and is_w3c_traceparent(value) else None
+
+
+def _header_string(delivery: AbstractIncomingMessage, name: str) -> str | None:
+    value = (delivery.headers or {}).get(name)
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
-    # Lamassu v2.0 put the event id in this header: forward only a real W3C trace context.
-    return value if isinstance(value, str) and is_w3c_traceparent(value) else None
+    return value if isinstance(value, str) and value else None
+
+
+def _trace_context(parsed: ParsedEvent, delivery: AbstractIncomingMessage) -> tuple[str, str | None] | None:
+    """W3C (traceparent, tracestate) from the event's distributed-tracing extension, else the AMQP headers.
+
+    tracestate only travels with the traceparent it belongs to, and only a W3C-formatted
+    traceparent travels at all.
+    """
+    traceparent = parsed.traceparent
+    if traceparent is not None and is_w3c_traceparent(traceparent):
+        tracestate = parsed.event.extension("tracestate")
+        return traceparent, tracestate if isinstance(tracestate, str) and tracestate else None
+    traceparent = _header_traceparent(delivery)
+    if traceparent is None:
+        return None
+    return traceparent, _header_string(delivery, "tracestate")

@@ -17,6 +17,7 @@ from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
 from . import __version__
 from .amqp import AmqpGateway, TlsError
 from .config import Settings
+from .correlation import CorrelationTable
 from .http import OpsServer
 from .inbound import InboundPipeline
 from .logs import get_logger
@@ -41,6 +42,7 @@ class Service:
         self.inbound: InboundPipeline | None = None
         self.amqp: AmqpGateway | None = None
         self.sqs: SqsGateway | None = None
+        self.correlation = CorrelationTable(settings.correlation, self.metrics)
         self.http = OpsServer(settings.http, self.metrics, self.readiness)
         self.metrics.build_info.labels(version=__version__).set(1)
 
@@ -91,8 +93,11 @@ class Service:
                 await amqp.connect()
             except TlsError as exc:
                 raise StartupError(str(exc)) from exc
-            self.outbound = OutboundPipeline(settings, amqp, sqs, command_queue, self.metrics)
-            self.inbound = InboundPipeline(settings, amqp, sqs, response_queue, self.metrics)
+            correlation = self.correlation
+            self.outbound = OutboundPipeline(settings, amqp, sqs, command_queue, self.metrics, correlation=correlation)
+            self.inbound = InboundPipeline(settings, amqp, sqs, response_queue, self.metrics, correlation=correlation)
+            self.correlation.start()
+            stack.push_async_callback(self.correlation.stop)
             try:
                 await self.outbound.start()
                 await self.inbound.start()
