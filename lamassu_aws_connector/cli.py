@@ -10,6 +10,7 @@ import asyncio
 import os
 import signal
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -30,6 +31,13 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate the config and print it, secrets masked")
     check.add_argument("--config", "-c", default=os.environ.get("LAMASSU_CONFIG"), help=config_help)
     commands.add_parser("version", help="print the version")
+    events = commands.add_parser(
+        "events", help="list the Lamassu event catalogue (type, generation, direction, fields)"
+    )
+    events.add_argument("--json", action="store_true", help="machine-readable output")
+    events.add_argument("--schemas", metavar="DIR", help="write one JSON Schema per type into DIR")
+    validate = commands.add_parser("validate", help="check event files offline: envelope and catalogue data")
+    validate.add_argument("files", nargs="+", metavar="FILE")
     return parser
 
 
@@ -38,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(__version__)
         return EXIT_OK
+    if args.command in ("events", "validate"):
+        return _catalogue_command(args)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -47,6 +57,18 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(settings.masked(), sort_keys=False), end="")
         return EXIT_OK
     return _run(settings)
+
+
+def _catalogue_command(args: argparse.Namespace) -> int:
+    from . import catalogue_cli  # noqa: PLC0415 - the daemon does not need it
+
+    if args.command == "validate":
+        return catalogue_cli.validate_files(args.files)
+    if args.schemas:
+        written = catalogue_cli.write_schemas(Path(args.schemas))
+        print(f"wrote {len(written)} schemas to {args.schemas}")
+        return EXIT_OK
+    return catalogue_cli.list_events(as_json=args.json)
 
 
 def _run(settings: Settings) -> int:
