@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -669,7 +670,7 @@ def json_schemas() -> Iterator[tuple[str, dict[str, Any]]]:
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "$id": f"https://lamassu-aws-connector/events/{spec.schema_name}.json",
             "title": f"{spec.event_type} data ({spec.generation.value}, {spec.direction.value})",
-            "description": (spec.model.__doc__ or spec.summary).strip(),
+            "description": inspect.cleandoc(spec.model.__doc__ or spec.summary),
             **{key: value for key, value in schema.items() if key not in ("title", "description")},
         }
         yield spec.schema_name, schema

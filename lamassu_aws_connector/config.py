@@ -152,6 +152,9 @@ class ShutdownConfig(_Section):
 class HttpConfig(_Section):
     host: str = "0.0.0.0"  # noqa: S104 - probes and Prometheus reach the pod from outside
     port: int = Field(8080, ge=0, le=65535)  # 0 picks a free port (tests)
+    # POST /v1/commands: send a CloudEvent to the command queue and answer with its reply.
+    commands: bool = False
+    commands_timeout_seconds: float = Field(30.0, gt=0, le=300)
 
 
 class Settings(BaseSettings):

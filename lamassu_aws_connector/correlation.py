@@ -64,6 +64,8 @@ class CorrelationTable:
         self._pending: OrderedDict[str, Outstanding] = OrderedDict()
         self._aliases: dict[str, str] = {}  # command id -> key, when the key is a correlationid
         self._sweeper: asyncio.Task[None] | None = None
+        # POST /v1/commands callers waiting for a reply, by correlation id and by command id.
+        self._waiters: dict[str, asyncio.Future[CloudEvent]] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -71,9 +73,12 @@ class CorrelationTable:
     def tracks(self, event_type: str) -> bool:
         return self._config.enabled and self._tracks(event_type)
 
-    def command_sent(self, event: CloudEvent) -> None:
-        """SQS confirmed a command: remember it until its reply (a redelivered copy keeps the first time)."""
-        if not self.tracks(event.type):
+    def command_sent(self, event: CloudEvent, *, track: bool = False) -> None:
+        """SQS confirmed a command: remember it until its reply (a redelivered copy keeps the first time).
+
+        ``track``: whatever its type (the commands API waits for every command it sends).
+        """
+        if not (self.tracks(event.type) or (track and self._config.enabled)):
             return
         now = self._clock()
         self.expire(now)
@@ -99,12 +104,14 @@ class CorrelationTable:
 
     def reply_received(self, reply: CloudEvent, fields: dict[str, Any]) -> str:
         """Match a relayed reply to its command; returns matched, orphan or unsolicited."""
+        claimed = [reply.extension(name) for name in ("correlationid", "causationid")]
+        candidates = [str(value) for value in claimed if value not in (None, "")]
+        if self._waiters:
+            self._wake([*candidates, reply.id], reply)
         if not self._config.enabled:
             return UNSOLICITED
         now = self._clock()
         self.expire(now)
-        claimed = [reply.extension(name) for name in ("correlationid", "causationid")]
-        candidates = [str(value) for value in claimed if value not in (None, "")]
         for candidate in [*candidates, reply.id]:
             key = candidate if candidate in self._pending else self._aliases.get(candidate)
             if key is None:
@@ -157,6 +164,23 @@ class CorrelationTable:
         if expired:
             self._metrics.commands_outstanding.set(len(self._pending))
         return expired
+
+    def wait_for_reply(self, event: CloudEvent) -> asyncio.Future[CloudEvent]:
+        """A future for the reply to ``event`` (register it before sending: the reply may be quick)."""
+        future: asyncio.Future[CloudEvent] = asyncio.get_running_loop().create_future()
+        for key in {correlation_id(event), event.id}:
+            self._waiters[key] = future
+        return future
+
+    def stop_waiting(self, event: CloudEvent) -> None:
+        for key in {correlation_id(event), event.id}:
+            self._waiters.pop(key, None)
+
+    def _wake(self, keys: list[str], reply: CloudEvent) -> None:
+        for key in keys:
+            future = self._waiters.pop(key, None)
+            if future is not None and not future.done():
+                future.set_result(reply)
 
     def start(self) -> None:
         """Sweep expired commands in the background too, so an idle connector still reports them."""

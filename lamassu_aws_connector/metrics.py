@@ -117,6 +117,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.api_commands = Counter(
+            "lamassu_connector_api_commands",
+            "POST /v1/commands requests by outcome: replied, timeout, invalid, unavailable, rejected",
+            ["outcome"],
+            registry=r,
+        )
         self.build_info = Gauge(
             "lamassu_connector_build_info", "Always 1; the version is in the label", ["version"], registry=r
         )

@@ -21,7 +21,7 @@ import hashlib
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -249,6 +249,10 @@ class OutboundPipeline:
         self._batcher.add(Pending(delivery, parsed, entry, size, received_at, log_fields=fields))
 
     def _entry(self, parsed: ParsedEvent, delivery: AbstractIncomingMessage) -> dict[str, Any]:
+        return self.build_entry(parsed, delivery.headers)
+
+    def build_entry(self, parsed: ParsedEvent, headers: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The SendMessageBatch entry (without Id) for an event; ``headers``: its transport headers."""
         event = parsed.event
         attributes = {
             "ce-specversion": event.specversion,
@@ -261,7 +265,7 @@ class OutboundPipeline:
         if event.time:
             attributes["ce-time"] = event.time
         attributes["ce-correlationid"] = correlation_id(event)
-        trace = _trace_context(parsed, delivery)
+        trace = _trace_context(parsed, headers)
         if trace is not None:
             attributes["traceparent"], tracestate = trace
             if tracestate:
@@ -406,20 +410,20 @@ def _type_matcher(patterns: list[str]) -> Callable[[str], bool]:
     return matches
 
 
-def _header_traceparent(delivery: AbstractIncomingMessage) -> str | None:
-    value = _header_string(delivery, "traceparent")
+def _header_traceparent(headers: Mapping[str, Any] | None) -> str | None:
+    value = _header_string(headers, "traceparent")
     # Lamassu v2.0 put the event id in this header: forward only a real W3C trace context.
     return value if value is not None and is_w3c_traceparent(value) else None
 
 
-def _header_string(delivery: AbstractIncomingMessage, name: str) -> str | None:
-    value = (delivery.headers or {}).get(name)
+def _header_string(headers: Mapping[str, Any] | None, name: str) -> str | None:
+    value = (headers or {}).get(name)
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
     return value if isinstance(value, str) and value else None
 
 
-def _trace_context(parsed: ParsedEvent, delivery: AbstractIncomingMessage) -> tuple[str, str | None] | None:
+def _trace_context(parsed: ParsedEvent, headers: Mapping[str, Any] | None) -> tuple[str, str | None] | None:
     """W3C (traceparent, tracestate) from the event's distributed-tracing extension, else the AMQP headers.
 
     tracestate only travels with the traceparent it belongs to, and only a W3C-formatted
@@ -429,7 +433,7 @@ def _trace_context(parsed: ParsedEvent, delivery: AbstractIncomingMessage) -> tu
     if traceparent is not None and is_w3c_traceparent(traceparent):
         tracestate = parsed.event.extension("tracestate")
         return traceparent, tracestate if isinstance(tracestate, str) and tracestate else None
-    traceparent = _header_traceparent(delivery)
+    traceparent = _header_traceparent(headers)
     if traceparent is None:
         return None
-    return traceparent, _header_string(delivery, "tracestate")
+    return traceparent, _header_string(headers, "tracestate")

@@ -16,6 +16,7 @@ from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
 
 from . import __version__
 from .amqp import AmqpGateway, TlsError
+from .commands import CommandApi
 from .config import Settings
 from .correlation import CorrelationTable
 from .http import OpsServer
@@ -43,7 +44,11 @@ class Service:
         self.amqp: AmqpGateway | None = None
         self.sqs: SqsGateway | None = None
         self.correlation = CorrelationTable(settings.correlation, self.metrics)
-        self.http = OpsServer(settings.http, self.metrics, self.readiness)
+        self.commands: CommandApi | None = None
+        if settings.http.commands:
+            self.commands = CommandApi(self.correlation, self.metrics, settings.http.commands_timeout_seconds)
+        routes = self.commands.routes() if self.commands is not None else []
+        self.http = OpsServer(settings.http, self.metrics, self.readiness, routes)
         self.metrics.build_info.labels(version=__version__).set(1)
 
     def readiness(self) -> dict[str, bool]:
@@ -98,6 +103,8 @@ class Service:
             self.inbound = InboundPipeline(settings, amqp, sqs, response_queue, self.metrics, correlation=correlation)
             self.correlation.start()
             stack.push_async_callback(self.correlation.stop)
+            if self.commands is not None:
+                self.commands.attach(self.outbound, sqs, command_queue)
             try:
                 await self.outbound.start()
                 await self.inbound.start()

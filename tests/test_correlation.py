@@ -11,6 +11,7 @@ import contextlib
 import uuid
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
@@ -262,3 +263,59 @@ def _ca_cert() -> str:
     from .test_catalogue import CERT  # noqa: PLC0415 - one generated certificate for the whole run
 
     return CERT
+
+
+@pytest.mark.integration
+async def test_commands_api_round_trip_invalid_and_timeout(world: World) -> None:
+    await bind_observer(world, "#")
+    seen: list[dict[str, Any]] = []
+    settings = world.settings(http={"commands": True, "commands_timeout_seconds": 1.0})
+    async with running(settings) as service:
+        lambda_task = asyncio.create_task(
+            fake_lambda(world, {"io.lamassu.iotcore.config.request": v1_config_reply}, seen)
+        )
+        base = f"http://127.0.0.1:{service.http.port}/v1/commands"
+        try:
+            async with aiohttp.ClientSession() as session:
+                command = event("io.lamassu.iotcore.config.request")
+                async with session.post(
+                    base, data=samples.body(command), headers={"traceparent": samples.W3C_TRACEPARENT}
+                ) as response:
+                    assert response.status == 200, await response.text()
+                    assert response.content_type == "application/cloudevents+json"
+                    reply = orjson.loads(await response.read())
+                assert reply["id"] == command["id"]
+                assert reply["type"] == "io.lamassu.iotcore.config.response"
+                assert reply["data"] == {"account_id": "1", "iot_core_endpoint": "e"}
+                assert attributes(seen[0])["traceparent"] == samples.W3C_TRACEPARENT
+
+                async with session.post(base, data=b'{"specversion": "1.0"}') as response:
+                    assert response.status == 400
+                    assert (await response.json())["error"] == "invalid_attribute"
+                bad_data = event("io.lamassu.iotcore.thing.config.request", data={})
+                async with session.post(base, data=samples.body(bad_data)) as response:
+                    assert response.status == 400
+                    body = await response.json()
+                    assert body["error"] == "invalid_data" and "data.device_id is missing" in body["message"]
+
+                unanswered = event("io.lamassu.iotcore.thing.config.request", data={"device_id": "d"})
+                async with session.post(base, data=samples.body(unanswered)) as response:
+                    assert response.status == 504
+                    assert (await response.json())["correlation_id"] == unanswered["id"]
+        finally:
+            lambda_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lambda_task
+        assert metric(service, "api_commands", outcome="replied") == 1
+        assert metric(service, "api_commands", outcome="invalid") == 2
+        assert metric(service, "api_commands", outcome="timeout") == 1
+        assert metric(service, "replies_correlated", outcome="matched") == 1
+    assert len(seen) == 2  # the invalid ones never reached SQS
+
+
+@pytest.mark.integration
+async def test_commands_api_is_off_by_default(world: World) -> None:
+    async with running(world.settings()) as service, aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{service.http.port}/v1/commands"
+        async with session.post(url, data=samples.body(event("io.lamassu.iotcore.config.request"))) as response:
+            assert response.status in (404, 405)
