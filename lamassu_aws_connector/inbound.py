@@ -27,6 +27,7 @@ from aio_pika.abc import DeliveryMode
 from aiormq.exceptions import PublishError
 from tenacity import AsyncRetrying, retry_if_not_exception_type, stop_after_attempt, wait_random_exponential
 
+from . import tracing
 from .amqp import AmqpGateway, string_headers
 from .config import APP_ID, Settings
 from .correlation import CorrelationTable
@@ -199,6 +200,25 @@ class InboundPipeline:
         )
         if self._correlation is not None:
             self._correlation.reply_received(parsed.event, fields)
+        if tracing.ENABLED:
+            self._trace_span(item, parsed)
+
+    def _trace_span(self, item: Received, parsed: ParsedEvent) -> None:
+        trace = _trace_context(parsed, item.message)
+        carrier = {"traceparent": trace[0], **({"tracestate": trace[1]} if trace[1] else {})} if trace else {}
+        tracing.record(
+            f"{self._queue.name} receive",
+            tracing.CONSUMER,
+            carrier,
+            item.received_at,
+            {
+                "messaging.system": "aws_sqs",
+                "messaging.destination.name": self._queue.name,
+                "messaging.message.id": item.sqs_message_id,
+                "cloudevents.event_id": parsed.id,
+                "cloudevents.event_type": parsed.type,
+            },
+        )
 
     async def _publish_reply(self, item: Received, raw: bytes, parsed: ParsedEvent) -> None:
         headers: dict[str, Any] = {"_watermill_message_uuid": parsed.id, "x-sqs-message-id": item.sqs_message_id}

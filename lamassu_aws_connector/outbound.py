@@ -28,6 +28,7 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
+from . import tracing
 from .amqp import AmqpGateway, channel_open
 from .catalogue import DataCheck
 from .config import APP_ID, Settings
@@ -284,6 +285,25 @@ class OutboundPipeline:
             entry["MessageDeduplicationId"] = hashlib.sha256(parsed.body).hexdigest()
         return entry
 
+    def _trace_span(self, item: Pending, sqs_message_id: str | None) -> None:
+        attributes = item.entry["MessageAttributes"]
+        carrier = {
+            name: attributes[name]["StringValue"] for name in ("traceparent", "tracestate") if name in attributes
+        }
+        tracing.record(
+            f"{self._queue.name} send",
+            tracing.PRODUCER,
+            carrier,
+            item.received_at,
+            {
+                "messaging.system": "aws_sqs",
+                "messaging.destination.name": self._queue.name,
+                "messaging.message.id": sqs_message_id,
+                "cloudevents.event_id": item.parsed.id,
+                "cloudevents.event_type": item.parsed.type,
+            },
+        )
+
     async def _send_with_retries(self, batch: list[Pending]) -> None:
         remaining = batch
         async for attempt in AsyncRetrying(
@@ -334,6 +354,8 @@ class OutboundPipeline:
                     sqs_queue=self._queue.name,
                     sqs_message_id=success.get("MessageId"),
                 )
+                if tracing.ENABLED:
+                    self._trace_span(item, success.get("MessageId"))
         retry: list[Pending] = []
         for failure in response.get("Failed", []):
             item = by_id.pop(int(failure["Id"]))
