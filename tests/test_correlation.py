@@ -17,8 +17,10 @@ import pytest
 
 from lamassu_aws_connector.config import CorrelationConfig
 from lamassu_aws_connector.correlation import MATCHED, ORPHAN, UNSOLICITED, CorrelationTable
-from lamassu_aws_connector.events import CloudEvent
+from lamassu_aws_connector.events import CloudEvent, parse_amqp, parse_structured
+from lamassu_aws_connector.inbound import _trace_context as inbound_trace
 from lamassu_aws_connector.metrics import Metrics
+from lamassu_aws_connector.outbound import _trace_context as outbound_trace
 
 from . import samples
 from .conftest import World, running, wait_for
@@ -319,3 +321,41 @@ async def test_commands_api_is_off_by_default(world: World) -> None:
         url = f"http://127.0.0.1:{service.http.port}/v1/commands"
         async with session.post(url, data=samples.body(event("io.lamassu.iotcore.config.request"))) as response:
             assert response.status in (404, 405)
+
+
+def test_correlationid_enters_a_body_only_where_it_is_re_serialized_anyway() -> None:
+    structured = samples.body(event("device.create", "kept-1"))
+    assert parse_amqp(structured, "text/json", None, add_correlation_id=True).body == structured
+    repaired = parse_amqp(samples.body({**event("device.create"), "id": ""}), None, None, add_correlation_id=True)
+    assert orjson.loads(repaired.body)["correlationid"] == repaired.id
+    binary = parse_amqp(b"{}", "application/json", samples.binary_headers("ce-"), add_correlation_id=True)
+    assert orjson.loads(binary.body)["correlationid"] == "5d2c9e7a11f04b0c"
+    own = {**samples.binary_headers("ce-"), "ce-correlationid": "flow-1"}
+    assert orjson.loads(parse_amqp(b"{}", "application/json", own, add_correlation_id=True).body)["correlationid"] == (
+        "flow-1"
+    )
+    # Replies are never given one.
+    assert b"correlationid" not in parse_structured(samples.body({**event("x.reply"), "id": ""})).body
+
+
+def test_only_w3c_trace_context_is_propagated_either_way() -> None:
+    with_extension = parse_structured(
+        samples.body(event("device.create", traceparent=samples.W3C_TRACEPARENT, tracestate=W3C_TRACESTATE))
+    )
+    assert outbound_trace(with_extension, None) == (samples.W3C_TRACEPARENT, W3C_TRACESTATE)
+    v2_style = parse_structured(samples.body(event("device.create", "4bf92f35:00f067aa", traceparent="4bf92f35")))
+    assert outbound_trace(v2_style, {"traceparent": "4bf92f35:00f067aa"}) is None
+    assert outbound_trace(v2_style, {"traceparent": samples.W3C_TRACEPARENT.encode()}) == (
+        samples.W3C_TRACEPARENT,
+        None,
+    )
+    reply = parse_structured(samples.body(event("x.reply")))
+
+    def sqs_message(**attrs: str) -> dict[str, Any]:
+        return {"MessageAttributes": {k: {"DataType": "String", "StringValue": v} for k, v in attrs.items()}}
+
+    assert inbound_trace(reply, sqs_message(traceparent="not-w3c", tracestate="a=b")) is None
+    assert inbound_trace(reply, sqs_message(traceparent=samples.W3C_TRACEPARENT, tracestate="a=b")) == (
+        samples.W3C_TRACEPARENT,
+        "a=b",
+    )
