@@ -79,7 +79,7 @@ def _certificate_problem(value: str) -> str | None:
 
     try:
         x509.load_pem_x509_certificate(pem)
-    except ValueError as exc:
+    except Exception as exc:  # any parser failure is a verdict on the data, never a connector error
         detail = str(exc).split(". See ", 1)[0]  # drop OpenSSL's FAQ link
         return f"does not decode to an X.509 certificate ({detail})"
     return None

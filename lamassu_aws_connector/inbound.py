@@ -198,10 +198,13 @@ class InboundPipeline:
             sqs_message_id=item.sqs_message_id,
             exchange=self._settings.amqp.reply_exchange,
         )
-        if self._correlation is not None:
-            self._correlation.reply_received(parsed.event, fields)
-        if tracing.ENABLED:
-            self._trace_span(item, parsed)
+        try:  # the reply is relayed: a failure below must not dead-letter it as well
+            if self._correlation is not None:
+                self._correlation.reply_received(parsed.event, fields)
+            if tracing.ENABLED:
+                self._trace_span(item, parsed)
+        except Exception:
+            log.exception("inbound.observe_failed", **fields)
 
     def _trace_span(self, item: Received, parsed: ParsedEvent) -> None:
         trace = _trace_context(parsed, item.message)

@@ -285,6 +285,16 @@ class OutboundPipeline:
             entry["MessageDeduplicationId"] = hashlib.sha256(parsed.body).hexdigest()
         return entry
 
+    def _observe_sent(self, item: Pending, sqs_message_id: str | None) -> None:
+        """Correlation and tracing of a confirmed event: a failure here must never hold up its ack."""
+        try:
+            if self._correlation is not None:
+                self._correlation.command_sent(item.parsed.event)
+            if tracing.ENABLED:
+                self._trace_span(item, sqs_message_id)
+        except Exception:
+            log.exception("outbound.observe_failed", **item.log_fields)
+
     def _trace_span(self, item: Pending, sqs_message_id: str | None) -> None:
         attributes = item.entry["MessageAttributes"]
         carrier = {
@@ -343,8 +353,7 @@ class OutboundPipeline:
         by_id = dict(enumerate(items))
         for success in response.get("Successful", []):
             item = by_id.pop(int(success["Id"]))
-            if self._correlation is not None:
-                self._correlation.command_sent(item.parsed.event)
+            self._observe_sent(item, success.get("MessageId"))
             if await self._ack(item.delivery, item.log_fields):
                 self._metrics.events_forwarded.inc()
                 self._metrics.outbound_latency.observe(now - item.received_at)
@@ -354,8 +363,6 @@ class OutboundPipeline:
                     sqs_queue=self._queue.name,
                     sqs_message_id=success.get("MessageId"),
                 )
-                if tracing.ENABLED:
-                    self._trace_span(item, success.get("MessageId"))
         retry: list[Pending] = []
         for failure in response.get("Failed", []):
             item = by_id.pop(int(failure["Id"]))
