@@ -359,3 +359,35 @@ def test_only_w3c_trace_context_is_propagated_either_way() -> None:
         samples.W3C_TRACEPARENT,
         "a=b",
     )
+
+
+@pytest.mark.integration
+async def test_a_broken_correlation_never_holds_up_delivery(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("correlation bug")
+
+    monkeypatch.setattr(CorrelationTable, "command_sent", broken)
+    monkeypatch.setattr(CorrelationTable, "reply_received", broken)
+    observer = await bind_observer(world, "#")
+    command = event("io.lamassu.iotcore.config.request")
+    async with running(world.settings()) as service:
+        await world.publish(samples.body(command), exchange="", content_type="text/json")
+        [sent] = await world.take_sqs(world.command_queue, 1)
+        await wait_for(lambda: metric(service, "events_forwarded") == 1, what="the command acked")
+        reply, _ = v1_config_reply(command, {})
+        url = await world.sqs_url(world.response_queue)
+        await world.sqs.send_message(QueueUrl=url, MessageBody=orjson.dumps(reply).decode())
+        [relayed] = await world.take_amqp(observer.name, 1)
+        await wait_for(lambda: metric(service, "replies_relayed") == 1, what="the reply relayed")
+        await wait_for(_response_queue_empty(world), what="the reply deleted from SQS")
+    assert attributes(sent)["ce-id"] == command["id"]
+    assert relayed.message_id == command["id"]
+    assert await world.queue_depth(world.dlq) == 0
+    assert await world.queue_depth(world.reply_dlq) == 0
+
+
+def _response_queue_empty(world: World) -> Any:
+    async def empty() -> bool:
+        return await world.sqs_count(world.response_queue) == 0
+
+    return empty
