@@ -24,11 +24,10 @@ async def naive(queue_name: str, sqs_url: str) -> None:
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=1)
     queue = await channel.get_queue(queue_name)
-    async with sqs_client() as sqs:
-        async with queue.iterator() as messages:
-            async for message in messages:
-                await sqs.send_message(QueueUrl=sqs_url, MessageBody=message.body.decode())
-                await message.ack()
+    async with sqs_client() as sqs, queue.iterator() as messages:
+        async for message in messages:
+            await sqs.send_message(QueueUrl=sqs_url, MessageBody=message.body.decode())
+            await message.ack()
 
 
 async def batched(queue_name: str, sqs_url: str) -> None:
@@ -39,6 +38,7 @@ async def batched(queue_name: str, sqs_url: str) -> None:
     buffer: list[AbstractIncomingMessage] = []
     slots = asyncio.Semaphore(8)
     flush_timer: asyncio.TimerHandle | None = None
+    sending: set[asyncio.Task[None]] = set()
 
     async with sqs_client() as sqs:
 
@@ -56,7 +56,9 @@ async def batched(queue_name: str, sqs_url: str) -> None:
             flush_timer = None
             if buffer:
                 batch, buffer = buffer, []
-                asyncio.ensure_future(send(batch))
+                task = asyncio.ensure_future(send(batch))
+                sending.add(task)
+                task.add_done_callback(sending.discard)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             nonlocal flush_timer

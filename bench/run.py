@@ -47,8 +47,8 @@ from common import (
     cpu_seconds,
     create_sqs_queue,
     free_port,
-    lambda_reply,
     lamassu_event,
+    lambda_reply,
     peak_rss_mb,
     preload_amqp,
     preload_sqs,
@@ -350,9 +350,12 @@ async def idle(seconds: float, replicas: int, figures: Figures) -> None:
             queue_name, exchange_name = await broker.events_queue([])
             connectors.append(
                 Connector(
-                    queue=queue_name, exchanges=[exchange_name], command=unique("cmd"), response=unique("rsp"),
+                    queue=queue_name,
+                    exchanges=[exchange_name],
+                    command=unique("cmd"),
+                    response=unique("rsp"),
                     reply_exchange=unique("rx"),
-                )  # fmt: skip
+                )
             )
         for connector in connectors:
             connector.start()
@@ -385,7 +388,11 @@ async def idle(seconds: float, replicas: int, figures: Figures) -> None:
 
 def _all_sqs_calls(connector: Connector) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{connector.http_port}/metrics", timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("lamassu_connector_sqs_calls_total{"))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("lamassu_connector_sqs_calls_total{")
+    )
 
 
 async def memory_once(count: int, figures: Figures) -> None:

@@ -32,6 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", "-c", default=os.environ.get("LAMASSU_CONFIG"), help=config_help)
     commands.add_parser("version", help="print the version")
     _add_operator_tools(commands, config_help)
+    events = commands.add_parser(
+        "events", help="list the Lamassu event catalogue (type, generation, direction, fields)"
+    )
+    events.add_argument("--json", action="store_true", help="machine-readable output")
+    events.add_argument("--schemas", metavar="DIR", help="write one JSON Schema per type into DIR")
+    validate = commands.add_parser("validate", help="check event files offline: envelope and catalogue data")
+    validate.add_argument("files", nargs="+", metavar="FILE")
     return parser
 
 
@@ -65,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(__version__)
         return EXIT_OK
+    if args.command in ("events", "validate"):
+        return _catalogue_command(args)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -125,6 +134,18 @@ def _operator_tool(settings: Settings, args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"lamassu-aws-connector: {args.command} failed: {exc!r}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _catalogue_command(args: argparse.Namespace) -> int:
+    from . import catalogue_cli  # noqa: PLC0415 - the daemon does not need it
+
+    if args.command == "validate":
+        return catalogue_cli.validate_files(args.files)
+    if args.schemas:
+        written = catalogue_cli.write_schemas(Path(args.schemas))
+        print(f"wrote {len(written)} schemas to {args.schemas}")
+        return EXIT_OK
+    return catalogue_cli.list_events(as_json=args.json)
 
 
 def _run(settings: Settings) -> int:

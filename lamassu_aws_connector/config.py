@@ -120,6 +120,19 @@ class ForwardConfig(_Section):
 
 class ValidationConfig(_Section):
     repair_missing_id: bool = True
+    # Check the data of known Lamassu event types against the catalogue (catalogue.py):
+    # off, warn (forward, count, log) or enforce (dead-letter as invalid_data).
+    data: Literal["off", "warn", "enforce"] = "warn"
+
+
+class CorrelationConfig(_Section):
+    """Command -> reply correlation: a bounded, expiring table of commands awaiting a reply."""
+
+    enabled: bool = True
+    # Glob patterns of command types to track; None = the catalogue's commands that have a known reply.
+    command_types: list[str] | None = None
+    max_outstanding: int = Field(10_000, ge=1, le=10_000_000)
+    timeout_seconds: float = Field(300.0, gt=0)
 
 
 class LogConfig(_Section):
@@ -139,6 +152,9 @@ class ShutdownConfig(_Section):
 class HttpConfig(_Section):
     host: str = "0.0.0.0"  # noqa: S104 - probes and Prometheus reach the pod from outside
     port: int = Field(8080, ge=0, le=65535)  # 0 picks a free port (tests)
+    # POST /v1/commands: send a CloudEvent to the command queue and answer with its reply.
+    commands: bool = False
+    commands_timeout_seconds: float = Field(30.0, gt=0, le=300)
 
 
 class ClaimCheckConfig(_Section):
@@ -186,6 +202,7 @@ class Settings(BaseSettings):
     sqs: SqsConfig = Field(default_factory=SqsConfig)
     forward: ForwardConfig = Field(default_factory=ForwardConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    correlation: CorrelationConfig = Field(default_factory=CorrelationConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)

@@ -30,6 +30,7 @@ class ErrorCode(StrEnum):
     INVALID_ATTRIBUTE = "invalid_attribute"
     TOO_LARGE = "too_large"
     SQS_REJECTED = "sqs_rejected"
+    INVALID_DATA = "invalid_data"  # a known Lamassu type whose data fails its catalogue model
     # A bug in the connector must still end in a dead-letter queue, never in a redelivery loop.
     INTERNAL_ERROR = "internal_error"
 
@@ -146,8 +147,12 @@ def is_w3c_traceparent(value: str) -> bool:
     return _W3C_TRACEPARENT.match(value) is not None
 
 
-def parse_structured(body: bytes, *, repair_missing_id: bool = True) -> ParsedEvent:
-    """Parse a structured-mode JSON CloudEvent; a valid body is kept byte for byte."""
+def parse_structured(body: bytes, *, repair_missing_id: bool = True, add_correlation_id: bool = False) -> ParsedEvent:
+    """Parse a structured-mode JSON CloudEvent; a valid body is kept byte for byte.
+
+    ``add_correlation_id``: a body that is re-serialized anyway (repaired id) also gets the
+    ``correlationid`` extension (= its id) when it has none; a body kept as is never changes.
+    """
     obj = _load_json(body, what="body")
     if not isinstance(obj, dict):
         raise Rejection(ErrorCode.NOT_CLOUDEVENT, f"body is a JSON {_json_kind(obj)}, not a CloudEvent object")
@@ -161,6 +166,8 @@ def parse_structured(body: bytes, *, repair_missing_id: bool = True) -> ParsedEv
     if repair_missing_id and obj.get("id") in (None, ""):
         obj["id"] = derive_id(body)
         repaired = True
+        if add_correlation_id:
+            obj.setdefault("correlationid", obj["id"])
     event = _validate(obj)
     return ParsedEvent(event=event, body=orjson.dumps(obj) if repaired else body, repaired_id=repaired)
 
@@ -171,13 +178,14 @@ def parse_amqp(
     headers: Mapping[str, Any] | None,
     *,
     repair_missing_id: bool = True,
+    add_correlation_id: bool = False,
 ) -> ParsedEvent:
     """Parse an AMQP delivery in structured or binary content mode."""
     if headers and not (content_type or "").lower().startswith("application/cloudevents"):
         attributes = _binary_attributes(headers)
         if attributes is not None:
-            return _parse_binary(body, content_type, attributes, repair_missing_id)
-    return parse_structured(body, repair_missing_id=repair_missing_id)
+            return _parse_binary(body, content_type, attributes, repair_missing_id, add_correlation_id)
+    return parse_structured(body, repair_missing_id=repair_missing_id, add_correlation_id=add_correlation_id)
 
 
 def forbidden_sqs_character(body: bytes) -> str | None:
@@ -223,7 +231,11 @@ def _header_value(key: str, value: Any) -> Any:
 
 
 def _parse_binary(
-    body: bytes, content_type: str | None, attributes: dict[str, Any], repair_missing_id: bool
+    body: bytes,
+    content_type: str | None,
+    attributes: dict[str, Any],
+    repair_missing_id: bool,
+    add_correlation_id: bool = False,
 ) -> ParsedEvent:
     obj: dict[str, Any] = dict(attributes)
     if content_type:
@@ -245,6 +257,8 @@ def _parse_binary(
     if repair_missing_id and obj.get("id") in (None, ""):
         obj["id"] = derive_id(orjson.dumps(obj))
         repaired = True
+    if add_correlation_id and obj.get("id"):
+        obj.setdefault("correlationid", obj["id"])
     event = _validate(obj)
     return ParsedEvent(event=event, body=orjson.dumps(obj), binary_mode=True, repaired_id=repaired)
 

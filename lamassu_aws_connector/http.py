@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -17,7 +17,14 @@ ReadinessProbe = Callable[[], dict[str, bool]]
 
 
 class OpsServer:
-    def __init__(self, config: HttpConfig, metrics: Metrics, readiness: ReadinessProbe) -> None:
+    def __init__(
+        self,
+        config: HttpConfig,
+        metrics: Metrics,
+        readiness: ReadinessProbe,
+        routes: Iterable[web.RouteDef] = (),
+    ) -> None:
+        self._routes = list(routes)
         self._config = config
         self._metrics = metrics
         self._readiness = readiness
@@ -29,6 +36,7 @@ class OpsServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics_page)
+        app.add_routes(self._routes)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._config.host, self._config.port)

@@ -27,10 +27,12 @@ from aio_pika.abc import DeliveryMode
 from aiormq.exceptions import PublishError
 from tenacity import AsyncRetrying, retry_if_not_exception_type, stop_after_attempt, wait_random_exponential
 
+from . import tracing
 from .amqp import AmqpGateway, string_headers
 from .claimcheck import DATAREF_UNRESOLVED, ClaimCheck, Unresolvable
 from .config import APP_ID, Settings
-from .events import ErrorCode, ParsedEvent, Rejection, parse_structured
+from .correlation import CorrelationTable
+from .events import ErrorCode, ParsedEvent, Rejection, is_w3c_traceparent, parse_structured
 from .logs import get_logger
 from .metrics import Metrics
 from .sqs import QueueInfo, SqsGateway, error_code
@@ -68,8 +70,10 @@ class InboundPipeline:
         metrics: Metrics,
         *,
         claim_check: ClaimCheck | None = None,
+        correlation: CorrelationTable | None = None,
     ) -> None:
         self._settings = settings
+        self._correlation = correlation
         self._amqp = amqp
         self._sqs = sqs
         self._queue = response_queue
@@ -204,20 +208,45 @@ class InboundPipeline:
         item.settled = True
         self._metrics.replies_relayed.inc()
         self._metrics.inbound_latency.observe(time.monotonic() - item.received_at)
+        fields = {"event_id": parsed.id, "event_type": parsed.type, "queue": self._queue.name}
         log.info(
             "inbound.relayed",
-            event_id=parsed.id,
-            event_type=parsed.type,
-            queue=self._queue.name,
+            **fields,
             sqs_message_id=item.sqs_message_id,
             exchange=self._settings.amqp.reply_exchange,
+        )
+        try:  # the reply is relayed: a failure below must not dead-letter it as well
+            if self._correlation is not None:
+                self._correlation.reply_received(parsed.event, fields)
+            if tracing.ENABLED:
+                self._trace_span(item, parsed)
+        except Exception:
+            log.exception("inbound.observe_failed", **fields)
+
+    def _trace_span(self, item: Received, parsed: ParsedEvent) -> None:
+        trace = _trace_context(parsed, item.message)
+        carrier = {"traceparent": trace[0], **({"tracestate": trace[1]} if trace[1] else {})} if trace else {}
+        tracing.record(
+            f"{self._queue.name} receive",
+            tracing.CONSUMER,
+            carrier,
+            item.received_at,
+            {
+                "messaging.system": "aws_sqs",
+                "messaging.destination.name": self._queue.name,
+                "messaging.message.id": item.sqs_message_id,
+                "cloudevents.event_id": parsed.id,
+                "cloudevents.event_type": parsed.type,
+            },
         )
 
     async def _publish_reply(self, item: Received, raw: bytes, parsed: ParsedEvent) -> None:
         headers: dict[str, Any] = {"_watermill_message_uuid": parsed.id, "x-sqs-message-id": item.sqs_message_id}
-        traceparent = parsed.traceparent or _attribute(item.message, "traceparent")
-        if traceparent:
-            headers["traceparent"] = traceparent
+        trace = _trace_context(parsed, item.message)
+        if trace is not None:
+            headers["traceparent"], tracestate = trace
+            if tracestate:
+                headers["tracestate"] = tracestate
         message = aio_pika.Message(
             body=parsed.body if parsed.repaired_id else raw,
             content_type="application/cloudevents+json",
@@ -329,6 +358,18 @@ class InboundPipeline:
                 error=failure.get("Code"),
                 detail=failure.get("Message"),
             )
+
+
+def _trace_context(parsed: ParsedEvent, message: dict[str, Any]) -> tuple[str, str | None] | None:
+    """W3C (traceparent, tracestate) from the reply's extension, else from the SQS message attributes."""
+    traceparent = parsed.traceparent
+    if traceparent is not None and is_w3c_traceparent(traceparent):
+        tracestate = parsed.event.extension("tracestate")
+        return traceparent, tracestate if isinstance(tracestate, str) and tracestate else None
+    traceparent = _attribute(message, "traceparent")
+    if traceparent is None or not is_w3c_traceparent(traceparent):
+        return None
+    return traceparent, _attribute(message, "tracestate")
 
 
 def _attribute(message: dict[str, Any], name: str) -> str | None:

@@ -77,6 +77,52 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.events_invalid_data = Counter(
+            "lamassu_connector_events_invalid_data",
+            "Events of a known Lamassu type whose data fails its catalogue model (by validation.data mode)",
+            ["event_type", "mode"],
+            registry=r,
+        )
+        self.commands_tracked = Counter(
+            "lamassu_connector_commands_tracked",
+            "Commands confirmed by SQS and awaiting a reply",
+            ["event_type"],
+            registry=r,
+        )
+        self.commands_outstanding = Gauge(
+            "lamassu_connector_commands_outstanding", "Commands awaiting a reply (bounded table)", registry=r
+        )
+        self.commands_expired = Counter(
+            "lamassu_connector_commands_expired",
+            "Commands that got no reply within correlation.timeout_seconds",
+            ["event_type"],
+            registry=r,
+        )
+        self.commands_evicted = Counter(
+            "lamassu_connector_commands_evicted",
+            "Commands dropped unanswered because the table was full (correlation.max_outstanding)",
+            ["event_type"],
+            registry=r,
+        )
+        self.replies_correlated = Counter(
+            "lamassu_connector_replies_correlated",
+            "Relayed replies by correlation outcome: matched, orphan (answers no outstanding command), unsolicited",
+            ["outcome"],
+            registry=r,
+        )
+        self.command_reply_latency = Histogram(
+            "lamassu_connector_command_reply_latency_seconds",
+            "SQS confirmed the command -> its reply received from SQS, by command type",
+            ["event_type"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.api_commands = Counter(
+            "lamassu_connector_api_commands",
+            "POST /v1/commands requests by outcome: replied, timeout, invalid, unavailable, rejected",
+            ["outcome"],
+            registry=r,
+        )
         self.build_info = Gauge(
             "lamassu_connector_build_info", "Always 1; the version is in the label", ["version"], registry=r
         )

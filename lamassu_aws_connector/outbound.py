@@ -21,16 +21,19 @@ import hashlib
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
+from . import tracing
 from .amqp import AmqpGateway, channel_open
+from .catalogue import DataCheck
 from .claimcheck import Abandoned, ClaimCheck
 from .config import APP_ID, Settings
+from .correlation import CorrelationTable, correlation_id
 from .events import ErrorCode, ParsedEvent, Rejection, forbidden_sqs_character, is_w3c_traceparent, parse_amqp
 from .logs import get_logger
 from .metrics import Metrics
@@ -145,8 +148,11 @@ class OutboundPipeline:
         metrics: Metrics,
         *,
         claim_check: ClaimCheck | None = None,
+        correlation: CorrelationTable | None = None,
     ) -> None:
         self._settings = settings
+        self._data_check = DataCheck(settings.validation.data, metrics)
+        self._correlation = correlation
         self._amqp = amqp
         self._sqs = sqs
         self._queue = command_queue
@@ -221,6 +227,7 @@ class OutboundPipeline:
                 delivery.content_type,
                 delivery.headers,
                 repair_missing_id=self._settings.validation.repair_missing_id,
+                add_correlation_id=True,
             )
         except Rejection as rejection:
             await self._dead_letter(delivery, rejection.code, rejection.message, {})
@@ -231,6 +238,10 @@ class OutboundPipeline:
             log.warning("outbound.id_repaired", **fields, reason="event arrived without an id")
         if not self._forward(parsed.type):
             await self._skip(delivery, "type_not_forwarded", fields)
+            return
+        invalid_data = self._data_check.rejection(parsed.event, fields)
+        if invalid_data is not None:
+            await self._dead_letter(delivery, ErrorCode.INVALID_DATA, invalid_data, fields)
             return
         bad_char = forbidden_sqs_character(parsed.body)
         if bad_char is not None:
@@ -260,6 +271,10 @@ class OutboundPipeline:
         self._batcher.add(Pending(delivery, parsed, entry, size, received_at, log_fields=fields))
 
     def _entry(self, parsed: ParsedEvent, delivery: AbstractIncomingMessage) -> dict[str, Any]:
+        return self.build_entry(parsed, delivery.headers)
+
+    def build_entry(self, parsed: ParsedEvent, headers: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The SendMessageBatch entry (without Id) for an event; ``headers``: its transport headers."""
         event = parsed.event
         attributes = {
             "ce-specversion": event.specversion,
@@ -271,9 +286,12 @@ class OutboundPipeline:
             attributes["ce-subject"] = event.subject
         if event.time:
             attributes["ce-time"] = event.time
-        traceparent = parsed.traceparent or _header_traceparent(delivery)
-        if traceparent:
-            attributes["traceparent"] = traceparent
+        attributes["ce-correlationid"] = correlation_id(event)
+        trace = _trace_context(parsed, headers)
+        if trace is not None:
+            attributes["traceparent"], tracestate = trace
+            if tracestate:
+                attributes["tracestate"] = tracestate
         entry: dict[str, Any] = {
             "MessageBody": parsed.body.decode("utf-8"),
             "MessageAttributes": {
@@ -287,6 +305,35 @@ class OutboundPipeline:
             # Lamassu ids are not unique ("unknown", ""), so deduplicate on content.
             entry["MessageDeduplicationId"] = hashlib.sha256(parsed.body).hexdigest()
         return entry
+
+    def _observe_sent(self, item: Pending, sqs_message_id: str | None) -> None:
+        """Correlation and tracing of a confirmed event: a failure here must never hold up its ack."""
+        try:
+            if self._correlation is not None:
+                self._correlation.command_sent(item.parsed.event)
+            if tracing.ENABLED:
+                self._trace_span(item, sqs_message_id)
+        except Exception:
+            log.exception("outbound.observe_failed", **item.log_fields)
+
+    def _trace_span(self, item: Pending, sqs_message_id: str | None) -> None:
+        attributes = item.entry["MessageAttributes"]
+        carrier = {
+            name: attributes[name]["StringValue"] for name in ("traceparent", "tracestate") if name in attributes
+        }
+        tracing.record(
+            f"{self._queue.name} send",
+            tracing.PRODUCER,
+            carrier,
+            item.received_at,
+            {
+                "messaging.system": "aws_sqs",
+                "messaging.destination.name": self._queue.name,
+                "messaging.message.id": sqs_message_id,
+                "cloudevents.event_id": item.parsed.id,
+                "cloudevents.event_type": item.parsed.type,
+            },
+        )
 
     async def _send_with_retries(self, batch: list[Pending]) -> None:
         remaining = batch
@@ -327,6 +374,7 @@ class OutboundPipeline:
         by_id = dict(enumerate(items))
         for success in response.get("Successful", []):
             item = by_id.pop(int(success["Id"]))
+            self._observe_sent(item, success.get("MessageId"))
             if await self._ack(item.delivery, item.log_fields):
                 self._metrics.events_forwarded.inc()
                 self._metrics.outbound_latency.observe(now - item.received_at)
@@ -412,9 +460,30 @@ def _type_matcher(patterns: list[str]) -> Callable[[str], bool]:
     return matches
 
 
-def _header_traceparent(delivery: AbstractIncomingMessage) -> str | None:
-    value = (delivery.headers or {}).get("traceparent")
+def _header_traceparent(headers: Mapping[str, Any] | None) -> str | None:
+    value = _header_string(headers, "traceparent")
+    # Lamassu v2.0 put the event id in this header: forward only a real W3C trace context.
+    return value if value is not None and is_w3c_traceparent(value) else None
+
+
+def _header_string(headers: Mapping[str, Any] | None, name: str) -> str | None:
+    value = (headers or {}).get(name)
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
-    # Lamassu v2.0 put the event id in this header: forward only a real W3C trace context.
-    return value if isinstance(value, str) and is_w3c_traceparent(value) else None
+    return value if isinstance(value, str) and value else None
+
+
+def _trace_context(parsed: ParsedEvent, headers: Mapping[str, Any] | None) -> tuple[str, str | None] | None:
+    """W3C (traceparent, tracestate) from the event's distributed-tracing extension, else the AMQP headers.
+
+    tracestate only travels with the traceparent it belongs to, and only a W3C-formatted
+    traceparent travels at all.
+    """
+    traceparent = parsed.traceparent
+    if traceparent is not None and is_w3c_traceparent(traceparent):
+        tracestate = parsed.event.extension("tracestate")
+        return traceparent, tracestate if isinstance(tracestate, str) and tracestate else None
+    traceparent = _header_traceparent(headers)
+    if traceparent is None:
+        return None
+    return traceparent, _header_string(headers, "tracestate")

@@ -17,7 +17,9 @@ from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
 from . import __version__
 from .amqp import AmqpGateway, TlsError
 from .claimcheck import BucketMissing, ClaimCheck
+from .commands import CommandApi
 from .config import Settings
+from .correlation import CorrelationTable
 from .http import OpsServer
 from .inbound import InboundPipeline
 from .logs import get_logger
@@ -42,7 +44,12 @@ class Service:
         self.inbound: InboundPipeline | None = None
         self.amqp: AmqpGateway | None = None
         self.sqs: SqsGateway | None = None
-        self.http = OpsServer(settings.http, self.metrics, self.readiness)
+        self.correlation = CorrelationTable(settings.correlation, self.metrics)
+        self.commands: CommandApi | None = None
+        if settings.http.commands:
+            self.commands = CommandApi(self.correlation, self.metrics, settings.http.commands_timeout_seconds)
+        routes = self.commands.routes() if self.commands is not None else []
+        self.http = OpsServer(settings.http, self.metrics, self.readiness, routes)
         self.metrics.build_info.labels(version=__version__).set(1)
 
     def readiness(self) -> dict[str, bool]:
@@ -93,8 +100,17 @@ class Service:
                 await amqp.connect()
             except TlsError as exc:
                 raise StartupError(str(exc)) from exc
-            self.outbound = OutboundPipeline(settings, amqp, sqs, command_queue, self.metrics, claim_check=claim_check)
-            self.inbound = InboundPipeline(settings, amqp, sqs, response_queue, self.metrics, claim_check=claim_check)
+            correlation = self.correlation
+            self.outbound = OutboundPipeline(
+                settings, amqp, sqs, command_queue, self.metrics, claim_check=claim_check, correlation=correlation
+            )
+            self.inbound = InboundPipeline(
+                settings, amqp, sqs, response_queue, self.metrics, claim_check=claim_check, correlation=correlation
+            )
+            self.correlation.start()
+            stack.push_async_callback(self.correlation.stop)
+            if self.commands is not None:
+                self.commands.attach(self.outbound, sqs, command_queue)
             try:
                 await self.outbound.start()
                 await self.inbound.start()

@@ -41,7 +41,7 @@ def v1_cert_update(serial: str = "4a-1c-77-02-9e") -> dict[str, Any]:
         "type": "io.lamassu.cert.update",
         "datacontenttype": "application/json",
         "time": "2022-04-28T11:33:01.128763Z",
-        "data": {"name": "CA-test", "serial_number": serial, "status": "revoked"},
+        "data": {"name": "CA-test", "serial_number": serial, "status": "REVOKED"},
     }
 
 

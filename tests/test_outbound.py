@@ -88,6 +88,7 @@ async def test_every_generation_arrives_with_body_and_attributes(world: World) -
         "ce-source": "lamassu/ca",
         "ce-id": orjson.loads(v1)["id"],
         "ce-time": "2022-03-31T07:10:55.371676082Z",
+        "ce-correlationid": orjson.loads(v1)["id"],
     }
     v3_attrs = attributes(by_id["unknown"])
     assert v3_attrs["ce-subject"] == "device/dev-0001"

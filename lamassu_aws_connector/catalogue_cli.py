@@ -1,0 +1,95 @@
+"""``events`` and ``validate``: the catalogue for people (and Lambda authors), offline.
+
+``events`` lists the known types; ``events --schemas DIR`` writes one JSON Schema per type (the
+committed copy lives in ``docs/events/``). ``validate FILE...`` checks event files as the daemon
+would: the CloudEvents envelope, then the data of a known type against its catalogue model.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from .catalogue import SPECS, Direction, check_data, json_schemas, specs_for
+from .events import Rejection, parse_structured
+
+
+def list_events(out: TextIO = sys.stdout, *, as_json: bool = False) -> int:
+    rows = [
+        {
+            "type": spec.event_type,
+            "generation": spec.generation.value,
+            "direction": spec.direction.value,
+            "fields": spec.fields,
+            "answers": spec.answers,
+            "summary": spec.summary,
+        }
+        for spec in SPECS
+    ]
+    if as_json:
+        out.write(json.dumps(rows, indent=2) + "\n")
+        return 0
+    width = max(len(row["type"]) for row in rows)  # type: ignore[arg-type]
+    out.write(f"{'TYPE':<{width}}  {'GENERATION':<10}  {'DIRECTION':<9}  FIELDS\n")
+    for row in rows:
+        fields = ", ".join(row["fields"])  # type: ignore[arg-type]
+        out.write(f"{row['type']:<{width}}  {row['generation']:<10}  {row['direction']:<9}  {fields}\n")
+    return 0
+
+
+def write_schemas(directory: Path) -> list[Path]:
+    """Write ``<type>.json`` per catalogue entry (``<type>.<direction>.json`` where a type has both)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for stem, schema in json_schemas():
+        path = directory / f"{stem}.json"
+        path.write_text(render_schema(schema), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def render_schema(schema: dict[str, object]) -> str:
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+
+
+def validate_files(paths: list[str], out: TextIO = sys.stdout) -> int:
+    """One line per file; 0 when every file is valid, 1 otherwise."""
+    failures = 0
+    for name in paths:
+        verdict = _verdict(Path(name))
+        if not verdict.startswith("ok"):
+            failures += 1
+        out.write(f"{name}: {verdict}\n")
+    return 1 if failures else 0
+
+
+def _verdict(path: Path) -> str:
+    try:
+        body = path.read_bytes()
+    except OSError as exc:
+        return f"invalid: cannot read the file: {exc.strerror}"
+    try:
+        parsed = parse_structured(body.rstrip(b"\r\n"), repair_missing_id=False)
+    except Rejection as rejection:
+        return f"invalid: {rejection.code.value}: {rejection.message}"
+    event = parsed.event
+    specs = specs_for(event.type)
+    if not specs:
+        return f"ok: {event.type} (not in the catalogue: envelope checked only)"
+    direction = _direction(event.source, {spec.direction for spec in specs})
+    problem = check_data(event.type, event.data, direction)
+    if problem is not None:
+        return f"invalid: invalid_data: {problem}"
+    kinds = sorted(
+        {f"{spec.generation.value} {spec.direction.value}" for spec in specs if direction in (None, spec.direction)}
+    )
+    return f"ok: {event.type} ({', '.join(kinds)})"
+
+
+def _direction(source: str, directions: set[Direction]) -> Direction | None:
+    # A type used both ways (v1 *.status.update): replies come from AWS (source aws/..., cloud-trail).
+    if len(directions) == 1:
+        return None
+    return Direction.REPLY if source.startswith(("aws", "cloud")) else Direction.COMMAND

@@ -1,0 +1,223 @@
+"""Command -> reply correlation: which reply in ``lamassu-response`` answers which command sent to ``lamassu-command``.
+
+Every outbound event carries a correlation id (its ``correlationid`` extension, else its id) as the
+SQS attribute ``ce-correlationid``. Commands of tracked types wait in a bounded table, oldest first,
+until a reply names them or they expire. A reply names its command by the ``correlationid`` or
+``causationid`` extension, else by the v1 convention: the v1 Lambdas echo the request id as the
+reply id.
+
+Outcomes are metrics and log lines: matched (with the command->reply latency by command type),
+orphan (a reply that claims to answer something - it carries a correlation extension or is a known
+answer type - with no outstanding command: it came late, after a restart, or to another replica),
+unsolicited (an AWS notification that answers nothing), expired and evicted commands. The table is
+per process and in memory: it measures, it never blocks or drops an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .catalogue import ANSWER_TYPES, REPLY_EXPECTED
+from .config import CorrelationConfig
+from .events import CloudEvent
+from .logs import get_logger
+from .metrics import Metrics
+
+log = get_logger(__name__)
+
+MATCHED, ORPHAN, UNSOLICITED = "matched", "orphan", "unsolicited"
+
+
+def correlation_id(event: CloudEvent) -> str:
+    """The event's ``correlationid`` extension, else its id: what replies should quote."""
+    value = event.extension("correlationid")
+    return str(value) if value not in (None, "") else event.id
+
+
+@dataclass(slots=True)
+class Outstanding:
+    key: str
+    event_id: str
+    event_type: str
+    sent_at: float
+
+
+class CorrelationTable:
+    """Outstanding commands, at most ``max_outstanding``, each for at most ``timeout_seconds``."""
+
+    def __init__(
+        self, config: CorrelationConfig, metrics: Metrics, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._clock = clock
+        self._tracks = _matcher(config.command_types)
+        # Insertion order is send order, so the oldest entry is always first: expiry is O(expired).
+        self._pending: OrderedDict[str, Outstanding] = OrderedDict()
+        self._aliases: dict[str, str] = {}  # command id -> key, when the key is a correlationid
+        self._sweeper: asyncio.Task[None] | None = None
+        # POST /v1/commands callers waiting for a reply, by correlation id and by command id.
+        self._waiters: dict[str, asyncio.Future[CloudEvent]] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def tracks(self, event_type: str) -> bool:
+        return self._config.enabled and self._tracks(event_type)
+
+    def command_sent(self, event: CloudEvent, *, track: bool = False) -> None:
+        """SQS confirmed a command: remember it until its reply (a redelivered copy keeps the first time).
+
+        ``track``: whatever its type (the commands API waits for every command it sends).
+        """
+        if not (self.tracks(event.type) or (track and self._config.enabled)):
+            return
+        now = self._clock()
+        self.expire(now)
+        key = correlation_id(event)
+        if key in self._pending:
+            return
+        while len(self._pending) >= self._config.max_outstanding:
+            oldest = self._pop_oldest()
+            self._metrics.commands_evicted.labels(oldest.event_type).inc()
+            log.warning(
+                "correlation.command_evicted",
+                event_id=oldest.event_id,
+                event_type=oldest.event_type,
+                correlation_id=oldest.key,
+                waited_seconds=round(now - oldest.sent_at, 3),
+                reason=f"more than correlation.max_outstanding={self._config.max_outstanding} commands await a reply",
+            )
+        self._pending[key] = Outstanding(key, event.id, event.type, now)
+        if key != event.id:
+            self._aliases[event.id] = key
+        self._metrics.commands_tracked.labels(event.type).inc()
+        self._metrics.commands_outstanding.set(len(self._pending))
+
+    def reply_received(self, reply: CloudEvent, fields: dict[str, Any]) -> str:
+        """Match a relayed reply to its command; returns matched, orphan or unsolicited."""
+        claimed = [reply.extension(name) for name in ("correlationid", "causationid")]
+        candidates = [str(value) for value in claimed if value not in (None, "")]
+        if self._waiters:
+            self._wake([*candidates, reply.id], reply)
+        if not self._config.enabled:
+            return UNSOLICITED
+        now = self._clock()
+        self.expire(now)
+        for candidate in [*candidates, reply.id]:
+            key = candidate if candidate in self._pending else self._aliases.get(candidate)
+            if key is None:
+                continue
+            command = self._remove(key)
+            latency = now - command.sent_at
+            self._metrics.command_reply_latency.labels(command.event_type).observe(latency)
+            self._metrics.replies_correlated.labels(MATCHED).inc()
+            log.info(
+                "correlation.matched",
+                **fields,
+                command_id=command.event_id,
+                command_type=command.event_type,
+                correlation_id=command.key,
+                latency_seconds=round(latency, 3),
+            )
+            return MATCHED
+        if candidates or reply.type in ANSWER_TYPES:
+            self._metrics.replies_correlated.labels(ORPHAN).inc()
+            log.warning(
+                "correlation.orphan_reply",
+                **fields,
+                correlation_id=candidates[0] if candidates else reply.id,
+                reason="no outstanding command matches (late, sent before a restart, or by another replica)",
+            )
+            return ORPHAN
+        self._metrics.replies_correlated.labels(UNSOLICITED).inc()
+        return UNSOLICITED
+
+    def expire(self, now: float | None = None) -> int:
+        """Drop the commands older than the timeout, counting and logging each; returns how many."""
+        now = self._clock() if now is None else now
+        cutoff = now - self._config.timeout_seconds
+        expired = 0
+        while self._pending:
+            oldest = next(iter(self._pending.values()))
+            if oldest.sent_at > cutoff:
+                break
+            self._pop_oldest()
+            expired += 1
+            self._metrics.commands_expired.labels(oldest.event_type).inc()
+            log.warning(
+                "correlation.command_expired",
+                event_id=oldest.event_id,
+                event_type=oldest.event_type,
+                correlation_id=oldest.key,
+                timeout_seconds=self._config.timeout_seconds,
+                reason="no reply arrived in time",
+            )
+        if expired:
+            self._metrics.commands_outstanding.set(len(self._pending))
+        return expired
+
+    def wait_for_reply(self, event: CloudEvent) -> asyncio.Future[CloudEvent]:
+        """A future for the reply to ``event`` (register it before sending: the reply may be quick)."""
+        future: asyncio.Future[CloudEvent] = asyncio.get_running_loop().create_future()
+        for key in {correlation_id(event), event.id}:
+            self._waiters[key] = future
+        return future
+
+    def stop_waiting(self, event: CloudEvent) -> None:
+        for key in {correlation_id(event), event.id}:
+            self._waiters.pop(key, None)
+
+    def _wake(self, keys: list[str], reply: CloudEvent) -> None:
+        for key in keys:
+            future = self._waiters.pop(key, None)
+            if future is not None and not future.done():
+                future.set_result(reply)
+
+    def start(self) -> None:
+        """Sweep expired commands in the background too, so an idle connector still reports them."""
+        if self._config.enabled and self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep(), name="correlation-sweeper")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+
+    async def _sweep(self) -> None:
+        interval = min(max(self._config.timeout_seconds / 4, 0.05), 5.0)
+        while True:
+            await asyncio.sleep(interval)
+            self.expire()
+
+    def _pop_oldest(self) -> Outstanding:
+        _, command = self._pending.popitem(last=False)
+        self._aliases.pop(command.event_id, None)
+        return command
+
+    def _remove(self, key: str) -> Outstanding:
+        command = self._pending.pop(key)
+        self._aliases.pop(command.event_id, None)
+        self._metrics.commands_outstanding.set(len(self._pending))
+        return command
+
+
+def _matcher(patterns: list[str] | None) -> Callable[[str], bool]:
+    if patterns is None:
+        return REPLY_EXPECTED.__contains__
+    if "*" in patterns:
+        return lambda _type: True
+    if not patterns:
+        return lambda _type: False
+    regex = re.compile("|".join(fnmatch.translate(pattern) for pattern in patterns))
+    return lambda event_type: regex.match(event_type) is not None
