@@ -222,6 +222,10 @@ async def outbound_once(variant: str, count: int, figures: Figures) -> None:
             figures.add(f"{variant} msgs/s", count / elapsed)
             figures.add(f"{variant} cpu µs/msg", cpu_seconds(pid) / count * 1e6)
             figures.add(f"{variant} peak RSS MB", peak_rss_mb(pid))
+            if connector is not None:
+                entries = connector.metric("lamassu_connector_sqs_batch_entries_sum")
+                calls = connector.metric("lamassu_connector_sqs_batch_entries_count")
+                figures.add("connector entries per SendMessageBatch", entries / calls if calls else 0)
             await wait_until(lambda: _zero(broker.depth(queue_name)), 60, "AMQP queue drained")
             figures.add(f"{variant} duplicates", await sqs_depth(sqs, url, invisible=True) - count)
         finally:
@@ -422,6 +426,7 @@ def table(figures: Figures, args: argparse.Namespace) -> str:
     row("batched cpu µs/msg")
     row("naive cpu µs/msg")
     ratio("CPU (a)/(c)", "connector cpu µs/msg", "batched cpu µs/msg", "lower is better")
+    row("connector entries per SendMessageBatch")
     row("connector peak RSS MB")
     row("connector duplicates")
     for name in ("p50", "p95", "p99"):

@@ -218,7 +218,7 @@ class InboundPipeline:
         try:  # the reply is relayed: a failure below must not dead-letter it as well
             if self._correlation is not None:
                 self._correlation.reply_received(parsed.event, fields)
-            if tracing.ENABLED:
+            if tracing.enabled():
                 self._trace_span(item, parsed)
         except Exception:
             log.exception("inbound.observe_failed", **fields)

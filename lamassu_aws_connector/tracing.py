@@ -1,8 +1,8 @@
 """Optional OpenTelemetry spans for the two hops: consume -> SQS send, and SQS receive -> RabbitMQ publish.
 
 Only when ``opentelemetry-api`` is importable; configure it the standard way (an SDK and the
-``OTEL_*`` environment variables, e.g. ``opentelemetry-instrument``). Without it, :func:`record` is a
-single ``None`` check. Each span is a child of the W3C context the message carries
+``OTEL_*`` environment variables, e.g. ``opentelemetry-instrument``). Without it, or without an SDK
+tracer provider, :func:`record` is a single check. Each span is a child of the W3C context the message carries
 (``traceparent``/``tracestate``), so it lands in the Lamassu trace; the context forwarded to the
 other side stays the one Lamassu (or the Lambda) sent, so AWS and Lamassu spans keep their own
 parent links. Spans are recorded after the hop settled, with its real start time.
@@ -21,7 +21,17 @@ except ImportError:  # the usual case: no OpenTelemetry, no cost
     trace = None  # type: ignore[assignment]
 
 PRODUCER, CONSUMER = "producer", "consumer"
-ENABLED = trace is not None  # callers check this before building a span's arguments
+
+
+def enabled() -> bool:
+    """Spans are worth building only when an SDK tracer provider was installed.
+
+    Without one the API hands out non-recording spans, which would still cost a context extraction
+    and a span object per message; callers check this before building a span's arguments.
+    """
+    if trace is None:
+        return False
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider)
 
 
 def record(
@@ -32,7 +42,7 @@ def record(
     attributes: Mapping[str, Any],
 ) -> None:
     """One finished span named ``name``, parented to the W3C context in ``carrier`` when there is one."""
-    if not ENABLED:
+    if not enabled():
         return
     elapsed_ns = int((time.monotonic() - started_monotonic) * 1e9)
     end_ns = time.time_ns()

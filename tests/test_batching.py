@@ -15,15 +15,44 @@ from lamassu_aws_connector.sqs import QueueInfo
 from . import samples
 
 
+class FakeChannel:
+    """Acks as RabbitMQ counts them: an unknown or already-acked tag is a channel error."""
+
+    def __init__(self) -> None:
+        self.is_closed = False
+        self.unacked: set[int] = set()
+        self.acked: set[int] = set()
+        self.frames = 0
+        self._next_tag = 0
+
+    def deliver(self) -> int:
+        self._next_tag += 1
+        self.unacked.add(self._next_tag)
+        return self._next_tag
+
+    def basic_ack(self, tag: int, multiple: bool) -> None:
+        if tag not in self.unacked:
+            raise AssertionError(f"PRECONDITION_FAILED - unknown delivery tag {tag}")
+        covered = {t for t in self.unacked if t <= tag} if multiple else {tag}
+        self.unacked -= covered
+        self.acked |= covered
+        self.frames += 1
+
+
 class FakeDelivery:
-    def __init__(self, raw: bytes) -> None:
+    def __init__(self, raw: bytes, channel: FakeChannel | None = None) -> None:
         self.body = raw
-        self.acked = False
+        self.channel = channel or FakeChannel()
+        self.delivery_tag = self.channel.deliver()
         self.headers: dict[str, Any] = {}
         self.message_id = None
 
-    async def ack(self) -> None:
-        self.acked = True
+    @property
+    def acked(self) -> bool:
+        return self.delivery_tag in self.channel.acked
+
+    async def ack(self, multiple: bool = False) -> None:
+        self.channel.basic_ack(self.delivery_tag, multiple)
 
 
 class FlakySqs:
@@ -83,6 +112,7 @@ async def test_transient_entry_failures_are_retried_until_they_succeed() -> None
     pipeline = _pipeline(sqs, amqp)
     batch = [_pending(pipeline, raw) for raw in raws]
     await pipeline._send_with_retries(batch)
+    await pipeline._acker.flush()
     assert sorted(sqs.stored) == sorted(raw.decode() for raw in raws)
     assert all(item.delivery.acked for item in batch)
     assert amqp.dead == []
@@ -98,6 +128,7 @@ async def test_sender_fault_and_exhausted_attempts_are_dead_lettered() -> None:
     pipeline = _pipeline(sqs, amqp, max_entry_attempts=4)
     batch = [_pending(pipeline, raw) for raw in raws]
     await pipeline._send_with_retries(batch)
+    await pipeline._acker.flush()
     assert sqs.stored == [raws[1].decode()]
     assert [(body, code) for body, code, _ in amqp.dead] == [(raws[0], "sqs_rejected"), (raws[2], "sqs_rejected")]
     assert "after 4 attempt(s)" in amqp.dead[1][2]

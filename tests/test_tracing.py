@@ -43,7 +43,7 @@ def test_a_span_without_trace_context_starts_its_own_trace(spans: InMemorySpanEx
 
 @pytest.mark.integration
 async def test_both_hops_emit_spans_in_lamassus_trace(world: World, spans: InMemorySpanExporter) -> None:
-    assert tracing.ENABLED
+    assert tracing.enabled()
     spans.clear()
     observer = await bind_observer(world, "#")
     command = event("io.lamassu.iotcore.config.request")

@@ -1,0 +1,79 @@
+"""Unit tests of the acker: multiple-ack frames, never covering an unsettled delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from lamassu_aws_connector.acks import Acker
+
+from .test_batching import FakeChannel, FakeDelivery
+
+
+def _deliveries(acker: Acker, channel: FakeChannel, count: int) -> list[FakeDelivery]:
+    deliveries = [FakeDelivery(b"x", channel) for _ in range(count)]
+    for delivery in deliveries:
+        acker.track(delivery)  # type: ignore[arg-type]
+    return deliveries
+
+
+async def test_a_settled_run_goes_out_as_one_multiple_ack() -> None:
+    acker, channel = Acker(), FakeChannel()
+    deliveries = _deliveries(acker, channel, 10)
+    for delivery in deliveries:
+        assert acker.settle(delivery)  # type: ignore[arg-type]
+    await acker.flush()
+    assert channel.acked == set(range(1, 11)) and channel.frames == 1
+
+
+async def test_an_unsettled_delivery_is_never_covered() -> None:
+    acker, channel = Acker(straggler_delay=10), FakeChannel()
+    deliveries = _deliveries(acker, channel, 6)
+    for delivery in deliveries[:2] + deliveries[3:]:
+        acker.settle(delivery)  # type: ignore[arg-type]
+    await asyncio.sleep(0)  # the coalesced flush runs: the run before the gap is acked
+    await asyncio.sleep(0)
+    assert channel.acked == {1, 2}
+    assert 3 in channel.unacked
+    acker.settle(deliveries[2])  # type: ignore[arg-type]
+    await acker.flush()
+    assert channel.acked == set(range(1, 7)) and channel.frames == 2
+
+
+async def test_stragglers_behind_a_stuck_delivery_are_acked_after_the_delay() -> None:
+    acker, channel = Acker(straggler_delay=0.01), FakeChannel()
+    deliveries = _deliveries(acker, channel, 5)
+    for delivery in deliveries[1:]:
+        acker.settle(delivery)  # type: ignore[arg-type]
+    for _ in range(200):
+        if channel.acked:
+            break
+        await asyncio.sleep(0.005)
+    assert channel.acked == {2, 3, 4, 5} and channel.unacked == {1}
+    acker.settle(deliveries[0])  # type: ignore[arg-type]
+    await acker.flush()
+    assert channel.acked == set(range(1, 6)) and not channel.unacked
+
+
+async def test_random_settle_order_acks_everything_exactly_once() -> None:
+    rng = random.Random(7)
+    acker, channel = Acker(straggler_delay=0.001, straggler_limit=20), FakeChannel()
+    deliveries = _deliveries(acker, channel, 500)
+    order = deliveries[:]
+    rng.shuffle(order)
+    for index, delivery in enumerate(order):
+        acker.settle(delivery)  # type: ignore[arg-type]
+        if index % 7 == 0:
+            await asyncio.sleep(0)
+    await acker.flush()
+    assert channel.acked == set(range(1, 501)) and not channel.unacked
+    assert channel.frames < 500
+
+
+async def test_a_closed_channel_is_not_acked_and_is_forgotten() -> None:
+    acker, channel = Acker(), FakeChannel()
+    deliveries = _deliveries(acker, channel, 3)
+    channel.is_closed = True
+    assert not acker.settle(deliveries[0])  # type: ignore[arg-type]
+    await acker.flush()
+    assert channel.frames == 0
