@@ -100,7 +100,7 @@ class Connector:
         wrap = os.environ.get("BENCH_WRAP", "").split()
         with (self.directory / "connector.log").open("wb") as log:
             self.process = subprocess.Popen(
-                [*wrap, sys.executable, "-m", "lamassu_aws_connector", "run", "--config", str(config)],
+                [*wrap, sys.executable, *(os.environ.get("BENCH_ENTRY", "-m lamassu_aws_connector").split()), "run", "--config", str(config)],
                 stdout=log, stderr=log, env=BENCH_ENV,
             )  # fmt: skip
         return self.pid
