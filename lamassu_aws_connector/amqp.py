@@ -74,6 +74,24 @@ def string_headers(headers: dict[str, Any]) -> dict[str, Any]:
     return {key: value if isinstance(value, str) else str(value) for key, value in headers.items()}
 
 
+def persistent_copy(delivery: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    """The delivery as a new persistent message with its body and properties, and these headers."""
+    return aio_pika.Message(
+        body=delivery.body,
+        headers=headers,
+        content_type=delivery.content_type,
+        content_encoding=delivery.content_encoding,
+        delivery_mode=DeliveryMode.PERSISTENT,
+        priority=delivery.priority,
+        correlation_id=delivery.correlation_id,
+        reply_to=delivery.reply_to,
+        message_id=delivery.message_id,
+        timestamp=delivery.timestamp,
+        type=delivery.type,
+        app_id=delivery.app_id,
+    )
+
+
 class AmqpGateway:
     def __init__(self, config: AmqpConfig, metrics: Metrics) -> None:
         self._config = config
@@ -228,20 +246,7 @@ class AmqpGateway:
                 "x-dead-lettered-at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
             }
         )
-        copy = aio_pika.Message(
-            body=delivery.body,
-            headers=headers,
-            content_type=delivery.content_type,
-            content_encoding=delivery.content_encoding,
-            delivery_mode=DeliveryMode.PERSISTENT,
-            priority=delivery.priority,
-            correlation_id=delivery.correlation_id,
-            reply_to=delivery.reply_to,
-            message_id=delivery.message_id,
-            timestamp=delivery.timestamp,
-            type=delivery.type,
-            app_id=delivery.app_id,
-        )
+        copy = persistent_copy(delivery, headers)
         await self.publish("", queue, copy)
 
     async def close(self) -> None:

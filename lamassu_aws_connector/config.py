@@ -20,6 +20,16 @@ ENV_PREFIX = "LAMASSU_"
 APP_ID = "lamassu-aws-connector"
 
 
+def _optional_http_url(value: str | None) -> str | None:
+    """An endpoint override: empty means the AWS default."""
+    if value in (None, ""):
+        return None
+    assert value is not None
+    if urlsplit(value).scheme not in ("http", "https"):
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
 class _Section(BaseModel):
     # A typo in a key must stop the daemon rather than silently fall back to a default.
     model_config = ConfigDict(extra="forbid")
@@ -99,15 +109,7 @@ class SqsConfig(_Section):
     unroutable_max_receives: int = Field(5, ge=1)
     connect_timeout_seconds: float = Field(5.0, gt=0)
 
-    @field_validator("endpoint_url")
-    @classmethod
-    def _http_endpoint(cls, value: str | None) -> str | None:
-        if value in (None, ""):
-            return None
-        assert value is not None
-        if urlsplit(value).scheme not in ("http", "https"):
-            raise ValueError("must be an http:// or https:// URL")
-        return value
+    _http_endpoint = field_validator("endpoint_url")(_optional_http_url)
 
 
 class ForwardConfig(_Section):
@@ -173,15 +175,7 @@ class ClaimCheckConfig(_Section):
     endpoint_url: str | None = None  # None = sqs.endpoint_url (LocalStack serves S3 on the same port)
     retry_max_backoff_seconds: float = Field(20.0, gt=0)
 
-    @field_validator("endpoint_url")
-    @classmethod
-    def _http_endpoint(cls, value: str | None) -> str | None:
-        if value in (None, ""):
-            return None
-        assert value is not None
-        if urlsplit(value).scheme not in ("http", "https"):
-            raise ValueError("must be an http:// or https:// URL")
-        return value
+    _http_endpoint = field_validator("endpoint_url")(_optional_http_url)
 
     @model_validator(mode="after")
     def _kms_key_needs_kms(self) -> ClaimCheckConfig:

@@ -33,7 +33,7 @@ import aio_pika
 import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, DeliveryMode
 
-from .amqp import AmqpGateway
+from .amqp import AmqpGateway, persistent_copy
 from .config import APP_ID, Settings
 from .events import ParsedEvent, Rejection, parse_structured
 from .metrics import Metrics
@@ -194,20 +194,7 @@ class _Replayer:
         else:
             # The x-original-* headers stay, so a second dead-lettering still says where it came from.
             exchange, routing_key = "", self._settings.amqp.queue
-        copy = aio_pika.Message(
-            body=message.body,
-            headers=headers,
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
-            delivery_mode=DeliveryMode.PERSISTENT,
-            priority=message.priority,
-            correlation_id=message.correlation_id,
-            reply_to=message.reply_to,
-            message_id=message.message_id,
-            timestamp=message.timestamp,
-            type=message.type,
-            app_id=message.app_id,
-        )
+        copy = persistent_copy(message, headers)
         await self._gateway.publish(exchange, routing_key, copy)
         return f"amqp exchange {exchange!r} routing key {routing_key!r}"
 

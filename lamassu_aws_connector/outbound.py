@@ -38,7 +38,14 @@ from .correlation import CorrelationTable, correlation_id
 from .events import ErrorCode, ParsedEvent, Rejection, forbidden_sqs_character, is_w3c_traceparent, parse_amqp
 from .logs import get_logger
 from .metrics import Metrics
-from .sqs import QueueInfo, SqsGateway, error_code, is_batch_too_long, message_attributes_size
+from .sqs import (
+    QueueInfo,
+    SqsGateway,
+    error_code,
+    is_batch_too_long,
+    is_content_rejected,
+    message_attributes_size,
+)
 
 log = get_logger(__name__)
 
@@ -370,6 +377,15 @@ class OutboundPipeline:
                 [item] = items
                 reason = f"SQS refused the event as too long for queue {self._queue.name}: {exc}"
                 await self._dead_letter(item.delivery, ErrorCode.TOO_LARGE, reason, item.log_fields)
+                return []
+            if is_content_rejected(exc):
+                if len(items) > 1:
+                    # Find the entry SQS refuses: alone, each one either goes through or is dead-lettered.
+                    rest = await asyncio.gather(*(self._send_once([item]) for item in items))
+                    return [item for part in rest for item in part]
+                [item] = items
+                reason = f"SQS refused the event: {error_code(exc)}: {str(exc)[:300]}"
+                await self._dead_letter(item.delivery, ErrorCode.SQS_REJECTED, reason, item.log_fields)
                 return []
             log.warning(
                 "outbound.sqs_send_failed",

@@ -60,6 +60,25 @@ def is_unavailable(exc: BaseException) -> bool:
     return False
 
 
+_CREDENTIAL_CODES = (
+    "AccessDenied", "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken", "UnrecognizedClient",
+    "InvalidSecurity", "RequestExpired", "MissingAuthenticationToken", "KMS",
+)  # fmt: skip
+
+
+def is_content_rejected(exc: BaseException) -> bool:
+    """SQS refused the request itself for what it carries (4xx), not for who sent it or when.
+
+    Credential, permission and KMS problems are the operator's to fix and throttling passes: those
+    are retried. Anything else in 4xx means some entry of the batch can never be accepted.
+    """
+    if not isinstance(exc, ClientError) or is_unavailable(exc):
+        return False
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    code = error_code(exc)
+    return 400 <= status < 500 and not any(marker in code for marker in _CREDENTIAL_CODES)
+
+
 def is_batch_too_long(exc: BaseException) -> bool:
     return isinstance(exc, ClientError) and error_code(exc) in _BATCH_TOO_LONG_CODES
 

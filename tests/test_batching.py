@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from lamassu_aws_connector.config import Settings
 from lamassu_aws_connector.events import parse_structured
 from lamassu_aws_connector.inbound import InboundPipeline
@@ -218,3 +220,49 @@ async def test_visibility_is_extended_while_replies_wait_and_deleted_after_confi
     await asyncio.wait_for(handling, 5)
     assert len(amqp.published) == 3
     assert sqs.deleted == [{"r0", "r1", "r2"}]
+
+
+class RefusingSqs(FlakySqs):
+    """Refuses a whole request (HTTP 4xx) when it carries a poison body, like SQS on bad content."""
+
+    def __init__(self, poison: str, code: str = "InvalidParameterValue", status: int = 400, times: int = 10**6):
+        super().__init__({})
+        self.poison, self.code, self.status, self.times = poison, code, status, times
+
+    async def send_batch(self, queue: QueueInfo, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.times > 0 and any(entry["MessageBody"] == self.poison for entry in entries):
+            self.times -= 1
+            self.calls.append([e["MessageBody"] for e in entries])
+            error = {
+                "Error": {"Code": self.code, "Message": "refused"},
+                "ResponseMetadata": {"HTTPStatusCode": self.status},
+            }
+            raise ClientError(error, "SendMessageBatch")  # type: ignore[arg-type]
+        return await super().send_batch(queue, entries)
+
+
+async def test_a_request_refused_for_its_content_isolates_and_dead_letters_the_culprit() -> None:
+    raws = [samples.body(samples.v1_cert_update(serial=f"2{i}")) for i in range(4)]
+    sqs = RefusingSqs(poison=raws[2].decode())
+    amqp = RecordingAmqp()
+    pipeline = _pipeline(sqs, amqp)
+    batch = [_pending(pipeline, raw) for raw in raws]
+    await pipeline._send_with_retries(batch)
+    await pipeline._acker.flush()
+    assert sorted(sqs.stored) == sorted(raw.decode() for i, raw in enumerate(raws) if i != 2)
+    assert [(body, code) for body, code, _ in amqp.dead] == [(raws[2], "sqs_rejected")]
+    assert "InvalidParameterValue" in amqp.dead[0][2]
+    assert all(item.delivery.acked for item in batch)
+
+
+async def test_a_credentials_refusal_is_retried_not_dead_lettered() -> None:
+    raws = [samples.body(samples.v1_cert_update(serial=f"3{i}")) for i in range(2)]
+    sqs = RefusingSqs(poison=raws[0].decode(), code="AccessDenied", status=403, times=3)
+    amqp = RecordingAmqp()
+    pipeline = _pipeline(sqs, amqp)
+    batch = [_pending(pipeline, raw) for raw in raws]
+    await pipeline._send_with_retries(batch)
+    await pipeline._acker.flush()
+    assert sorted(sqs.stored) == sorted(raw.decode() for raw in raws)
+    assert amqp.dead == []
+    assert len(sqs.calls) == 4  # three refusals, then the whole batch went through
