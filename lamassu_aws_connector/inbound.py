@@ -40,6 +40,7 @@ from .sqs import QueueInfo, SqsGateway, error_code
 log = get_logger(__name__)
 
 UNROUTABLE = "unroutable"
+_BATCHES_PER_POLLER = 2
 
 
 @dataclass(slots=True)
@@ -82,6 +83,10 @@ class InboundPipeline:
         self._claim_check = claim_check if resolve else None
         self._stopping = asyncio.Event()
         self._pollers: list[asyncio.Task[None]] = []
+        # A poller receives the next batch while RabbitMQ confirms the previous one; this bounds
+        # how many received batches (held invisible in SQS) each poller may have in hand.
+        self._batch_slots = asyncio.Semaphore(settings.sqs.pollers * _BATCHES_PER_POLLER)
+        self._batches: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self._amqp.declare_topic_exchange(self._settings.amqp.reply_exchange)
@@ -105,11 +110,12 @@ class InboundPipeline:
         """Stop receiving; let the batches being published settle. Bound it with a timeout."""
         self._stopping.set()
         await asyncio.gather(*self._pollers, return_exceptions=True)
+        await asyncio.gather(*self._batches, return_exceptions=True)
 
     async def abort(self) -> None:
-        for task in self._pollers:
+        for task in [*self._pollers, *self._batches]:
             task.cancel()
-        await asyncio.gather(*self._pollers, return_exceptions=True)
+        await asyncio.gather(*self._pollers, *self._batches, return_exceptions=True)
 
     async def _poll_forever(self, number: int) -> None:
         failures = 0
@@ -119,16 +125,26 @@ class InboundPipeline:
                     log.warning("inbound.paused", reason="AMQP connection down", poller=number)
                     await self._until_stopping(self._amqp.wait_connected())
                     continue
-                messages = await self._until_stopping(
-                    self._sqs.receive(
-                        self._queue,
-                        wait_seconds=self._settings.sqs.wait_time_seconds,
-                        visibility_timeout=self._settings.sqs.visibility_timeout,
+                if await self._until_stopping(self._batch_slots.acquire()) is None:
+                    continue  # stopping
+                try:
+                    messages = await self._until_stopping(
+                        self._sqs.receive(
+                            self._queue,
+                            wait_seconds=self._settings.sqs.wait_time_seconds,
+                            visibility_timeout=self._settings.sqs.visibility_timeout,
+                        )
                     )
-                )
+                except BaseException:
+                    self._batch_slots.release()
+                    raise
                 failures = 0
                 if messages:
-                    await self._handle_batch(messages)
+                    task = asyncio.create_task(self._handle_batch_in_slot(messages))
+                    self._batches.add(task)
+                    task.add_done_callback(self._batches.discard)
+                else:
+                    self._batch_slots.release()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a poller must survive anything; back off and go on
@@ -159,6 +175,14 @@ class InboundPipeline:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await work
         return None
+
+    async def _handle_batch_in_slot(self, messages: list[dict[str, Any]]) -> None:
+        try:
+            await self._handle_batch(messages)
+        except Exception:  # each message is settled or left in SQS; a bug here must not go unseen
+            log.exception("inbound.batch_failed", queue=self._queue.name, messages=len(messages))
+        finally:
+            self._batch_slots.release()
 
     async def _handle_batch(self, messages: list[dict[str, Any]]) -> None:
         now = time.monotonic()
