@@ -246,6 +246,45 @@ async def _zero(depth: Any) -> bool:
     return bool(await depth == 0)
 
 
+async def offered_load(
+    sqs: Any, url: str, send: Callable[[bytes], Any], *, rate: float, seconds: float, label: str, figures: Figures
+) -> None:
+    """Send timestamped events at a steady rate; long-poll them from SQS; record the latencies."""
+    latencies: list[float] = []
+    total = int(rate * seconds)
+    stop = asyncio.Event()
+
+    async def poll() -> None:
+        while not stop.is_set():
+            answer = await sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+            messages = answer.get("Messages", [])
+            now = time.time()
+            for message in messages:
+                latencies.append(now - orjson.loads(message["Body"])["data"]["sent_at"])
+            if messages:
+                entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
+                await sqs.delete_message_batch(QueueUrl=url, Entries=entries)
+            if len(latencies) >= total:
+                stop.set()
+
+    pollers = [asyncio.create_task(poll()) for _ in range(4)]
+    sends: set[asyncio.Task[Any]] = set()
+    begin = time.monotonic()
+    for index in range(total):
+        delay = begin + index / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.ensure_future(send(lamassu_event(index, sent_at=time.time())))
+        sends.add(task)
+        task.add_done_callback(sends.discard)
+    await asyncio.gather(*sends)
+    await asyncio.wait_for(stop.wait(), 60)
+    await asyncio.gather(*pollers)
+    latencies.sort()
+    for name, q in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99)):
+        figures.add(f"{label} {name} ms", latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000)
+
+
 async def latency_once(rate: float, seconds: float, figures: Figures) -> None:
     async with Broker() as broker, sqs_client() as sqs:
         queue_name, exchange_name = await broker.events_queue([])
@@ -259,42 +298,22 @@ async def latency_once(rate: float, seconds: float, figures: Figures) -> None:
             await wait_until(lambda: asyncio.to_thread(connector.ready), 60, "connector ready", interval=0.2)
             assert broker.channel is not None
             exchange = await broker.channel.get_exchange(exchange_name)
-            latencies: list[float] = []
-            total = int(rate * seconds)
-            stop = asyncio.Event()
 
-            async def poll() -> None:
-                while not stop.is_set():
-                    answer = await sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
-                    messages = answer.get("Messages", [])
-                    now = time.time()
-                    for message in messages:
-                        latencies.append(now - orjson.loads(message["Body"])["data"]["sent_at"])
-                    if messages:
-                        entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
-                        await sqs.delete_message_batch(QueueUrl=url, Entries=entries)
-                    if len(latencies) >= total:
-                        stop.set()
+            async def publish(body: bytes) -> None:
+                await exchange.publish(aio_pika.Message(body), EVENT_TYPE)
 
-            pollers = [asyncio.create_task(poll()) for _ in range(4)]
-            publishes: set[asyncio.Task[Any]] = set()
-            begin = time.monotonic()
-            for index in range(total):
-                delay = begin + index / rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                body = lamassu_event(index, sent_at=time.time())
-                task = asyncio.create_task(exchange.publish(aio_pika.Message(body), EVENT_TYPE))
-                publishes.add(task)
-                task.add_done_callback(publishes.discard)
-            await asyncio.gather(*publishes)
-            await asyncio.wait_for(stop.wait(), 60)
-            await asyncio.gather(*pollers)
-            latencies.sort()
-            for name, q in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99)):
-                figures.add(f"latency {name} ms", latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000)
+            await offered_load(sqs, url, publish, rate=rate, seconds=seconds, label="latency", figures=figures)
         finally:
             connector.stop()
+
+        # Baseline in the same run: the same load sent straight to SQS, one SendMessage per event,
+        # measured by the same pollers. What the connector adds is the difference.
+        async def send_direct(body: bytes) -> None:
+            await sqs.send_message(QueueUrl=url, MessageBody=body.decode())
+
+        await offered_load(
+            sqs, url, send_direct, rate=rate, seconds=seconds, label="direct SendMessage latency", figures=figures
+        )
         await sqs.delete_queue(QueueUrl=url)
         await sqs.delete_queue(QueueUrl=(await sqs.get_queue_url(QueueName=response))["QueueUrl"])
         await broker.delete([queue_name, f"{queue_name}.dlq", f"{queue_name}.rdlq"], [exchange_name])
@@ -439,6 +458,8 @@ def table(figures: Figures, args: argparse.Namespace) -> str:
     row("connector duplicates")
     for name in ("p50", "p95", "p99"):
         row(f"latency {name} ms", "target p99 ≤ 50" if name == "p99" else "")
+    for name in ("p50", "p95", "p99"):
+        row(f"direct SendMessage latency {name} ms", "baseline: same load straight to SQS" if name == "p50" else "")
     row("connector replies msgs/s")
     row("raw receive+delete msgs/s")
     ratio("reply / raw", "connector replies msgs/s", "raw receive+delete msgs/s", "target ≥ 0.90")
