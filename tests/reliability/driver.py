@@ -344,6 +344,8 @@ class Publisher:
             try:
                 await self._exchange.publish(message, self.routing_key, timeout=5)
                 break
+            except (TypeError, ValueError):
+                raise  # the message cannot be encoded: a test bug, not an outage
             except Exception:
                 self.republished += 1
                 await asyncio.sleep(0.25)
@@ -467,10 +469,9 @@ class AmqpCounter:
         return self
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        seq = seq_of(message.body)
+        # The publisher's x-test-seq header survives dead-lettering; replies carry it in the body.
         header = (message.headers or {}).get("x-test-seq")
-        if seq is None and header is not None:
-            seq = int(header.decode() if isinstance(header, bytes) else str(header))
+        seq = seq_of(message.body) if header is None else int(str(header))
         if seq is None:
             self.foreign.append(message.body[:200])
         else:
@@ -548,6 +549,7 @@ class Run:
     names: Names
     connectors: list[Connector]
     publisher: Publisher | None = None
+    dead_letters: AmqpCounter | None = None
     cleared_at: float | None = None
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -620,41 +622,53 @@ async def outbound_scenario(
     replicas: int = 1,
     config: dict[str, dict[str, Any]] | None = None,
     drain_timeout: float = 240.0,
+    bad: dict[int, tuple[bytes, dict[str, Any]]] | None = None,
 ) -> tuple[Figures, Run]:
-    """Stream ``count`` numbered events through the connector(s), inject ``fault``, drain, count."""
+    """Stream ``count`` numbered events through the connector(s), inject ``fault``, drain, count.
+
+    ``bad`` maps further sequence numbers to (body, headers) of bad messages, spread evenly through
+    the stream; they must all end in the dead-letter queue (``run.dead_letters``), once each.
+    """
     names = Names()
+    bad = bad or {}
     base = connector_config(names, env.amqp_url, sqs_endpoint or env.sqs_endpoint, **(config or {}))
     connectors = [Connector(base, env.workdir / names.tag, f"connector-{i}") for i in range(replicas)]
     run = Run(env.broker, names, connectors)
     counter: SqsCounter | None = None
     publisher: Publisher | None = None
+    dead_letters = AmqpCounter(env.test_url, names.dlq)
     try:
         for connector in connectors:
             await connector.start()
         for connector in connectors:
             await connector.wait_ready()
         counter = SqsCounter(env.sqs, await env.sqs_url(names.command_queue)).start()
+        await dead_letters.start()
+        run.dead_letters = dead_letters
         publisher = run.publisher = await Publisher(env.test_url, names.exchange).open()
-        items = [(seq, event(names.tag, seq)) for seq in range(count)]
+        items = _interleave([(seq, event(names.tag, seq)) for seq in range(count)], bad)
         watcher = None
         if fault is not None:
-            threshold = int(count * fault_at)
+            threshold = int(len(items) * fault_at)
             watcher = asyncio.create_task(_after_fault(run, fault, lambda: len(publisher.sent) >= threshold))
-        stream_seconds = await publisher.stream(items, rate)
+        stream_seconds = await publisher.stream(items, rate, lambda seq: bad[seq][1] if seq in bad else {})
         recovery = await watcher if watcher is not None else None
         drain_from = run.cleared_at or time.monotonic()
-        await wait_for(lambda: counter.unique >= len(publisher.sent), drain_timeout, "every sent event in SQS")
+        good_sent = publisher.sent - set(bad)
+        await wait_for(lambda: counter.unique >= len(good_sent), drain_timeout, "every sent event in SQS")
         drain = max(0.0, counter.last_new_at - drain_from)
+        await wait_for(lambda: dead_letters.unique >= len(bad), 60, "every bad message dead-lettered")
         # Late copies (redeliveries) would still be on their way: wait until nothing is in flight.
         await poll(_settled(env, names, connectors), 120, "events queue empty and nothing in flight")
         await poll(_sqs_empty(counter), 60, "SQS command queue read to the end")
-        dead = await queue_depth(env.test_url, names.dlq)
+        await poll(_drained(env, names.dlq), 30, "dead-letter queue read to the end")
+        dead = sum(dead_letters.seen.values()) + len(dead_letters.foreign)
         run.notes.update(stream_seconds=round(stream_seconds, 1), publisher_retries=publisher.republished)
         exit_codes = [await c.stop() for c in connectors if c.running]
         run.notes["exit_codes"] = exit_codes
         # Stopped, every unacked delivery is back in the queue: it must be empty.
         assert await queue_depth(env.test_url, names.queue) == 0, "events left in RabbitMQ"
-        lost = len(publisher.sent - set(counter.seen))
+        lost = len(good_sent - set(counter.seen))
         figures = Figures(
             scenario=scenario,
             title=title,
@@ -670,9 +684,11 @@ async def outbound_scenario(
         )
         figures.save()
         assert not counter.foreign, f"unexpected bodies in SQS: {counter.foreign[:3]}"
+        assert not set(counter.seen) & set(bad), "a bad message reached SQS"
         assert_no_secrets(*(c.log_text() for c in connectors))
         return figures, run
     finally:
+        await dead_letters.close()
         if counter is not None:
             await counter.stop()
         if publisher is not None:
@@ -707,6 +723,30 @@ def _settled(env: Env, names: Names, connectors: list[Connector]) -> Callable[[]
             if connector.running and in_flight(await connector.metrics()) != 0:
                 return False
         return True
+
+    return check
+
+
+def _interleave(
+    items: list[tuple[int, bytes]], bad: dict[int, tuple[bytes, dict[str, Any]]]
+) -> list[tuple[int, bytes]]:
+    if not bad:
+        return items
+    step = max(1, len(items) // (len(bad) + 1))
+    mixed: list[tuple[int, bytes]] = []
+    pending = sorted(bad.items())
+    for index, item in enumerate(items):
+        mixed.append(item)
+        if pending and (index + 1) % step == 0:
+            seq, (body, _headers) = pending.pop(0)
+            mixed.append((seq, body))
+    mixed.extend((seq, body) for seq, (body, _headers) in pending)
+    return mixed
+
+
+def _drained(env: Env, queue: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return await queue_depth(env.test_url, queue) == 0
 
     return check
 
