@@ -38,6 +38,7 @@ class PrivateBroker:
             self.dist_port = free_port()
         self.node = f"lamassuplain{self.port}@localhost"
         self._proc: subprocess.Popen[bytes] | None = None
+        self.listening_at = 0.0  # time.monotonic() when the AMQP port last opened
         self._write_config()
 
     def url(self, user: str = "guest", password: str = "guest") -> str:
@@ -118,6 +119,7 @@ class PrivateBroker:
                 if time.monotonic() > deadline:
                     raise TlsBrokerError(f"RabbitMQ node {self.node} did not listen in time\n{self.log_tail()}")
                 time.sleep(0.1)
+            self.listening_at = time.monotonic()
             self.rabbitmqctl("await_startup", "--timeout", str(int(self.timeout)), timeout=self.timeout + 15)
         except BaseException:
             self.stop()

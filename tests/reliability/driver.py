@@ -270,16 +270,30 @@ class Connector:
         self.terminate()
         return await self.wait_exit(timeout)
 
-    def open_fds(self) -> dict[str, int]:
-        """Open file descriptors of the live process: total and sockets."""
-        fd_dir = Path(f"/proc/{self.pid}/fd")
-        total = sockets = 0
-        for fd in fd_dir.iterdir():
+    def open_fds(self, amqp_port: int, sqs_port: int) -> dict[str, int]:
+        """Open file descriptors of the live process: total, sockets, and TCP connections to the
+        broker and to the SQS endpoint (by the remote port in /proc/net/tcp)."""
+        inodes: set[str] = set()
+        total = 0
+        for fd in Path(f"/proc/{self.pid}/fd").iterdir():
             with contextlib.suppress(OSError):
                 total += 1
-                if os.readlink(fd).startswith("socket:"):
-                    sockets += 1
-        return {"fds": total, "sockets": sockets}
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:[") : -1])
+        remote_ports: Counter[int] = Counter()
+        for table in ("tcp", "tcp6"):
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{self.pid}/net/{table}").read_text().splitlines()[1:]:
+                    fields = line.split()
+                    if fields[9] in inodes and fields[3] == "01":  # ESTABLISHED
+                        remote_ports[int(fields[2].rsplit(":", 1)[1], 16)] += 1
+        return {
+            "fds": total,
+            "sockets": len(inodes),
+            "amqp_connections": remote_ports[amqp_port],
+            "sqs_connections": remote_ports[sqs_port],
+        }
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -560,13 +574,13 @@ class Run:
         await asyncio.to_thread(self.broker.kill)
         await asyncio.sleep(down_seconds)
         await asyncio.to_thread(self.broker.start)
-        self.cleared()
+        self.cleared_at = self.broker.listening_at  # clients may connect from then on
 
     async def bounce_broker_gracefully(self, down_seconds: float = 3.0) -> None:
         await asyncio.to_thread(self.broker.stop)
         await asyncio.sleep(down_seconds)
         await asyncio.to_thread(self.broker.start)
-        self.cleared()
+        self.cleared_at = self.broker.listening_at
 
 
 Fault = Callable[[Run], Awaitable[None]]
@@ -623,6 +637,8 @@ async def outbound_scenario(
     config: dict[str, dict[str, Any]] | None = None,
     drain_timeout: float = 240.0,
     bad: dict[int, tuple[bytes, dict[str, Any]]] | None = None,
+    before_stop: Fault | None = None,
+    counter_loops: int = 4,
 ) -> tuple[Figures, Run]:
     """Stream ``count`` numbered events through the connector(s), inject ``fault``, drain, count.
 
@@ -642,7 +658,7 @@ async def outbound_scenario(
             await connector.start()
         for connector in connectors:
             await connector.wait_ready()
-        counter = SqsCounter(env.sqs, await env.sqs_url(names.command_queue)).start()
+        counter = SqsCounter(env.sqs, await env.sqs_url(names.command_queue), counter_loops).start()
         await dead_letters.start()
         run.dead_letters = dead_letters
         publisher = run.publisher = await Publisher(env.test_url, names.exchange).open()
@@ -664,6 +680,8 @@ async def outbound_scenario(
         await poll(_drained(env, names.dlq), 30, "dead-letter queue read to the end")
         dead = sum(dead_letters.seen.values()) + len(dead_letters.foreign)
         run.notes.update(stream_seconds=round(stream_seconds, 1), publisher_retries=publisher.republished)
+        if before_stop is not None:
+            await before_stop(run)
         exit_codes = [await c.stop() for c in connectors if c.running]
         run.notes["exit_codes"] = exit_codes
         # Stopped, every unacked delivery is back in the queue: it must be empty.
