@@ -669,7 +669,7 @@ async def outbound_scenario(
             watcher = asyncio.create_task(_after_fault(run, fault, lambda: len(publisher.sent) >= threshold))
         stream_seconds = await publisher.stream(items, rate, lambda seq: bad[seq][1] if seq in bad else {})
         recovery = await watcher if watcher is not None else None
-        drain_from = run.cleared_at or time.monotonic()
+        drain_from = max(run.cleared_at or 0.0, time.monotonic())  # fault over and stream ended
         good_sent = publisher.sent - set(bad)
         await wait_for(lambda: counter.unique >= len(good_sent), drain_timeout, "every sent event in SQS")
         drain = max(0.0, counter.last_new_at - drain_from)
@@ -826,7 +826,7 @@ async def reply_scenario(
         watcher = asyncio.create_task(_after_fault(run, fault, lambda: state["sent"] >= threshold))
         stream_seconds = await produce()
         recovery = await watcher
-        drain_from = run.cleared_at or time.monotonic()
+        drain_from = max(run.cleared_at or 0.0, time.monotonic())  # fault over and stream ended
         await wait_for(lambda: counter.unique >= len(sent), drain_timeout, "every reply on RabbitMQ")
         drain = max(0.0, counter.last_new_at - drain_from)
         sqs_counter = SqsCounter(env.sqs, queue_url)
