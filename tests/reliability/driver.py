@@ -513,15 +513,6 @@ async def queue_depth(url: str, queue: str) -> int:
         await connection.close()
 
 
-def queue_total(broker: PrivateBroker, queue: str) -> int:
-    """Ready plus unacknowledged messages of a queue (``rabbitmqctl list_queues``)."""
-    for line in broker.rabbitmqctl("list_queues", "name", "messages").splitlines():
-        name, _, count = line.rpartition("\t")
-        if name == queue:
-            return int(count)
-    raise AssertionError(f"queue {queue} not found on the private broker")
-
-
 # ------------------------------------------------------------------------------------------------
 # Figures
 # ------------------------------------------------------------------------------------------------
