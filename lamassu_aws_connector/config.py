@@ -53,6 +53,16 @@ class AmqpTlsConfig(_Section):
             raise ValueError(f"file {value!r} does not exist or is not a file")
         return value
 
+    @field_validator("verify", mode="before")
+    @classmethod
+    def _explicit_boolean(cls, value: Any) -> Any:
+        # Turning verification off must be deliberate: only true/false, never 0, "no", "off", "".
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise ValueError("must be true or false (verification is turned off only by an explicit false)")
+
     @model_validator(mode="after")
     def _pair(self) -> AmqpTlsConfig:
         if (self.cert_file is None) != (self.key_file is None):
