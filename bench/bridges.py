@@ -2,7 +2,7 @@
 
     python bench/bridges.py naive   --queue Q --sqs-url URL      consume one -> SendMessage -> ack
     python bench/bridges.py batched --queue Q --sqs-url URL      prefetch 200, batches of 10 or 5 ms, 8 in flight
-    python bench/bridges.py drain   --sqs-url URL --count N --pollers K   ReceiveMessage(10) + DeleteMessageBatch
+    python bench/bridges.py drain   --sqs-url URL --count N --pollers K   ReceiveMessage(10, all attributes) + DeleteMessageBatch
 
 None of them validates anything, logs or counts: they are what a quick script would do.
 """
@@ -80,7 +80,14 @@ async def drain(sqs_url: str, count: int, pollers: int) -> None:
         async def poll() -> None:
             nonlocal done
             while done < count:
-                response = await sqs.receive_message(QueueUrl=sqs_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+                # The same request as the connector's pollers (all attributes), so both parse the same answer.
+                response = await sqs.receive_message(
+                    QueueUrl=sqs_url,
+                    MaxNumberOfMessages=10,
+                    WaitTimeSeconds=1,
+                    MessageAttributeNames=["All"],
+                    MessageSystemAttributeNames=["All"],
+                )
                 messages = response.get("Messages", [])
                 if messages:
                     entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]

@@ -283,6 +283,15 @@ class InboundPipeline:
 
     async def _publish_confirmed(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
         """Publish until RabbitMQ confirms; an unroutable return is raised to the caller at once."""
+        if self._amqp.connected:
+            # The usual case, without building a retry loop per message (a measurable cost).
+            try:
+                await self._amqp.publish(exchange, routing_key, message)
+                return
+            except PublishError:
+                raise
+            except Exception as exc:
+                log.warning("inbound.publish_failed", exchange=exchange, routing_key=routing_key, error=repr(exc))
         async for attempt in AsyncRetrying(
             wait=wait_random_exponential(multiplier=0.2, max=10),
             retry=retry_if_not_exception_type(PublishError),

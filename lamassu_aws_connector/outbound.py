@@ -352,7 +352,9 @@ class OutboundPipeline:
         )
 
     async def _send_with_retries(self, batch: list[Pending]) -> None:
-        remaining = batch
+        remaining = await self._send_once(batch)
+        if not remaining:
+            return
         async for attempt in AsyncRetrying(
             wait=wait_random_exponential(multiplier=0.1, max=self._settings.forward.retry_max_backoff_seconds),
             retry=retry_if_exception_type(_EntriesPending),
