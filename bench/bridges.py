@@ -2,7 +2,7 @@
 
     python bench/bridges.py naive   --queue Q --sqs-url URL      consume one -> SendMessage -> ack
     python bench/bridges.py batched --queue Q --sqs-url URL      prefetch 200, batches of 10 or 5 ms, 8 in flight
-    python bench/bridges.py drain   --sqs-url URL --count N --pollers K   ReceiveMessage(10, all attributes) + DeleteMessageBatch
+    python bench/bridges.py drain   --sqs-url URL --count N --pollers K   ReceiveMessage(10, all attrs) + delete
 
 None of them validates anything, logs or counts: they are what a quick script would do.
 """
