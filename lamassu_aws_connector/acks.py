@@ -26,11 +26,13 @@ from .logs import get_logger
 log = get_logger(__name__)
 
 
-def _channel_closed(delivery: AbstractIncomingMessage) -> bool:
+def _open_channel_key(delivery: AbstractIncomingMessage) -> int | None:
+    """Which channel the delivery came on, or None once that channel is closed (acking is void then)."""
     try:
-        return bool(delivery.channel.is_closed)
-    except Exception:  # aiormq raises once the channel object is invalid
-        return True
+        channel = delivery.channel  # aio-pika raises once the channel is closed
+        return None if channel.is_closed else id(channel)
+    except Exception:
+        return None
 
 
 @dataclass(slots=True)
@@ -54,10 +56,10 @@ class Acker:
 
     def track(self, delivery: AbstractIncomingMessage) -> None:
         """Register a delivery as it arrives (before it can be settled)."""
-        tag = delivery.delivery_tag
-        if tag is None:
+        tag, key = delivery.delivery_tag, _open_channel_key(delivery)
+        if tag is None or key is None:
             return
-        state = self._channels.setdefault(id(delivery.channel), _ChannelAcks())
+        state = self._channels.setdefault(key, _ChannelAcks())
         if not state.outstanding or tag > state.outstanding[-1]:
             state.outstanding.append(tag)
         else:
@@ -66,27 +68,31 @@ class Acker:
 
     def settle(self, delivery: AbstractIncomingMessage) -> bool:
         """Mark a delivery done; it is acked shortly. False if its channel is gone (it will be redelivered)."""
-        if _channel_closed(delivery):
-            self._channels.pop(id(delivery.channel), None)
+        key = _open_channel_key(delivery)
+        if key is None:
+            self._schedule_flush()  # which also forgets the closed channel's deliveries
             return False
-        state = self._channels.get(id(delivery.channel))
+        state = self._channels.get(key)
         tag = delivery.delivery_tag
         if state is None or tag is None or tag not in state.deliveries:
             # Not tracked (should not happen): ack it on its own rather than leave it unacked.
             self._send(delivery, multiple=False, count=1)
             return True
         state.settled.add(tag)
+        self._schedule_flush()
+        return True
+
+    def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             # Coalesce every settle of this loop iteration (a whole SQS batch) into one flush.
             asyncio.get_running_loop().call_soon(self._flush)
-        return True
 
     def _flush(self, *, stragglers: bool = False) -> None:
         self._flush_scheduled = False
         waiting = 0
         for key, state in list(self._channels.items()):
-            if state.deliveries and _channel_closed(next(iter(state.deliveries.values()))):
+            if state.deliveries and _open_channel_key(next(iter(state.deliveries.values()))) is None:
                 del self._channels[key]  # its deliveries return to the queue; nothing to ack
                 continue
             top = None

@@ -128,6 +128,9 @@ class Batcher:
     async def _run(self, batch: list[Pending]) -> None:
         try:
             await self._send(batch)
+        except Exception:
+            # A connector bug: the deliveries stay unacked and return to RabbitMQ with the channel.
+            log.exception("outbound.batch_failed", entries=len(batch))
         finally:
             self._free_slots += 1
             self._dispatch(force=self._lingered())
@@ -197,6 +200,10 @@ class OutboundPipeline:
     async def stop(self) -> None:
         """Stop consuming, then flush and settle what was received. Bound it with a timeout."""
         await self._amqp.cancel_consumer()
+        # Deliveries already read from the socket have their handler tasks scheduled, not yet
+        # started: let them register, so they are drained too rather than left to redelivery.
+        for _ in range(3):
+            await asyncio.sleep(0)
         while self._handlers:
             await asyncio.wait(set(self._handlers))
         await self._batcher.drain()

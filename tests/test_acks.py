@@ -73,7 +73,15 @@ async def test_random_settle_order_acks_everything_exactly_once() -> None:
 async def test_a_closed_channel_is_not_acked_and_is_forgotten() -> None:
     acker, channel = Acker(), FakeChannel()
     deliveries = _deliveries(acker, channel, 3)
-    channel.is_closed = True
-    assert not acker.settle(deliveries[0])  # type: ignore[arg-type]
+    acker.settle(deliveries[0])  # type: ignore[arg-type]
+    channel.is_closed = True  # the broker went away before the flush
+    assert not acker.settle(deliveries[1])  # type: ignore[arg-type]
     await acker.flush()
     assert channel.frames == 0
+    assert acker._channels == {}
+    # After a reconnect, deliveries on the new channel are acked as usual.
+    fresh = FakeChannel()
+    [delivery] = _deliveries(acker, fresh, 1)
+    assert acker.settle(delivery)  # type: ignore[arg-type]
+    await acker.flush()
+    assert fresh.acked == {1}

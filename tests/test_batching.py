@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from aiormq.exceptions import ChannelInvalidStateError
 from botocore.exceptions import ClientError
 
 from lamassu_aws_connector.config import Settings
@@ -44,14 +45,20 @@ class FakeChannel:
 class FakeDelivery:
     def __init__(self, raw: bytes, channel: FakeChannel | None = None) -> None:
         self.body = raw
-        self.channel = channel or FakeChannel()
-        self.delivery_tag = self.channel.deliver()
+        self._channel = channel or FakeChannel()
+        self.delivery_tag = self._channel.deliver()
         self.headers: dict[str, Any] = {}
         self.message_id = None
 
     @property
+    def channel(self) -> FakeChannel:
+        if self._channel.is_closed:  # as aio-pika does
+            raise ChannelInvalidStateError
+        return self._channel
+
+    @property
     def acked(self) -> bool:
-        return self.delivery_tag in self.channel.acked
+        return self.delivery_tag in self._channel.acked
 
     async def ack(self, multiple: bool = False) -> None:
         self.channel.basic_ack(self.delivery_tag, multiple)

@@ -17,6 +17,7 @@ from lamassu_aws_connector.service import Service
 from . import samples
 from .conftest import AMQP_URL, SQS_ENDPOINT, World, running, wait_for
 from .tcpproxy import TcpProxy
+from .tls_broker import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -165,7 +166,10 @@ async def test_second_signal_exits_at_once_and_nothing_is_lost(world: World, tmp
     host, port = SQS_ENDPOINT.removeprefix("http://").split(":")
     proxy = TcpProxy(host, int(port))
     await proxy.start()
-    settings = world.settings(sqs={"endpoint_url": proxy.url}, shutdown={"grace_seconds": 60})
+    http_port = free_port()
+    settings = world.settings(
+        sqs={"endpoint_url": proxy.url}, shutdown={"grace_seconds": 60}, http={"host": "127.0.0.1", "port": http_port}
+    )
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
     events = [samples.body(samples.v3_device_create()) for _ in range(10)]
@@ -179,6 +183,8 @@ async def test_second_signal_exits_at_once_and_nothing_is_lost(world: World, tmp
         for raw in events:
             await world.publish(raw, routing_key="device.create")
         await wait_for(lambda: _depth_is_zero(world), 10, "events taken by the connector")
+        # Delivered is not yet held: wait until the connector's own count says it has all ten.
+        await wait_for(lambda: _in_flight(http_port, 10), 10, "ten events in flight in the connector")
         process.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.5)
         assert process.returncode is None  # still draining: SQS is unreachable
@@ -192,6 +198,15 @@ async def test_second_signal_exits_at_once_and_nothing_is_lost(world: World, tmp
     # Unacked deliveries went back to RabbitMQ with the connection.
     await wait_for(lambda: _depth_is(world, 10), 10, "10 events back in the queue")
     await proxy.stop()
+
+
+async def _in_flight(port: int, expected: int) -> bool:
+    try:
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as response:
+            text = await response.text()
+    except aiohttp.ClientError:
+        return False
+    return f"lamassu_connector_outbound_in_flight {float(expected)}" in text
 
 
 async def _depth_is_zero(world: World) -> bool:
