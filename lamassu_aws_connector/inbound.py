@@ -40,7 +40,7 @@ from .sqs import QueueInfo, SqsGateway, error_code
 log = get_logger(__name__)
 
 UNROUTABLE = "unroutable"
-_BATCHES_PER_POLLER = 2
+_BATCHES_PER_POLLER = 4
 
 
 @dataclass(slots=True)
