@@ -120,7 +120,10 @@ async def test_metrics_move_with_traffic(world: World) -> None:
 
 
 async def test_sigterm_mid_stream_exits_0_and_loses_nothing(world: World, tmp_path: Path) -> None:
-    settings = world.settings(log={"format": "json"}, shutdown={"grace_seconds": 10})
+    http_port = free_port()
+    settings = world.settings(
+        log={"format": "json"}, shutdown={"grace_seconds": 10}, http={"host": "127.0.0.1", "port": http_port}
+    )
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
     events = [samples.body(samples.v3_device_create()) for _ in range(400)]
@@ -133,7 +136,7 @@ async def test_sigterm_mid_stream_exits_0_and_loses_nothing(world: World, tmp_pa
             stdout=asyncio.subprocess.DEVNULL, stderr=log_file,
         )  # fmt: skip
     try:
-        await wait_for(_declared(world), 30, "events queue declared")
+        await wait_for(lambda: _ready(http_port), 30, "the connector ready (topology declared, consuming)")
         for index, raw in enumerate(events):
             await world.publish(raw, routing_key="device.create")
             if index == 200:
@@ -152,16 +155,12 @@ async def test_sigterm_mid_stream_exits_0_and_loses_nothing(world: World, tmp_pa
     assert set(bodies) == set(events)  # nothing lost (a duplicate would be allowed, none expected)
 
 
-def _declared(world: World):  # type: ignore[no-untyped-def]
-    async def check() -> bool:
-        try:
-            await world.queue_depth(world.queue)
-            return True
-        except Exception:
-            world._channel = None
-            return False
-
-    return check
+async def _ready(port: int) -> bool:
+    try:
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/readyz") as response:
+            return response.status == 200
+    except aiohttp.ClientError:
+        return False
 
 
 async def test_second_signal_exits_at_once_and_nothing_is_lost(world: World, tmp_path: Path) -> None:
@@ -181,7 +180,7 @@ async def test_second_signal_exits_at_once_and_nothing_is_lost(world: World, tmp
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        await wait_for(_declared(world), 30, "events queue declared")
+        await wait_for(lambda: _ready(http_port), 30, "the connector ready (topology declared, consuming)")
         await proxy.stop()
         for raw in events:
             await world.publish(raw, routing_key="device.create")
