@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aio_pika
+import aiohttp
 import pytest
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
@@ -75,6 +76,15 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+async def connector_ready(port: int) -> bool:
+    """A connector process answers /readyz with 200: topology declared, consumer and pollers running."""
+    try:
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/readyz") as response:
+            return response.status == 200
+    except aiohttp.ClientError:
+        return False
 
 
 class World:

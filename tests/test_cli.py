@@ -16,7 +16,8 @@ import yaml
 from lamassu_aws_connector.config import ConfigError, load_settings, mask_url
 
 from . import samples
-from .conftest import AMQP_URL, World, wait_for
+from .conftest import AMQP_URL, World, connector_ready, wait_for
+from .tls_broker import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,7 +100,8 @@ def test_version() -> None:
 
 @pytest.mark.integration
 async def test_daemon_forwards_then_stops_cleanly_on_sigterm(world: World, tmp_path: Path) -> None:
-    settings = world.settings(log={"format": "json", "level": "info"})
+    http_port = free_port()
+    settings = world.settings(log={"format": "json", "level": "info"}, http={"host": "127.0.0.1", "port": http_port})
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
     process = await asyncio.create_subprocess_exec(
@@ -114,8 +116,8 @@ async def test_daemon_forwards_then_stops_cleanly_on_sigterm(world: World, tmp_p
     )
     try:
         event = samples.v3_device_create()
-        # The queue exists once the daemon declared it; publish after that.
-        await wait_for(_queue_exists(world), 30, "events queue declared")
+        # Ready: queue, exchanges and bindings declared, consumer running; publish after that.
+        await wait_for(lambda: connector_ready(http_port), 30, "the connector ready")
         await world.publish(samples.body(event), routing_key="device.create")
         [message] = await world.take_sqs(world.command_queue, 1)
         process.send_signal(signal.SIGTERM)
@@ -134,18 +136,6 @@ async def test_daemon_forwards_then_stops_cleanly_on_sigterm(world: World, tmp_p
     assert any(line["event"] == "connector.stopped" for line in lines)
     password = AMQP_URL.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
     assert f":{password}@" not in stderr
-
-
-def _queue_exists(world: World):  # type: ignore[no-untyped-def]
-    async def check() -> bool:
-        try:
-            await world.queue_depth(world.queue)
-            return True
-        except Exception:
-            world._channel = None  # a failed passive declare closes the channel
-            return False
-
-    return check
 
 
 def test_unknown_environment_section_is_an_error() -> None:

@@ -15,7 +15,7 @@ import yaml
 from lamassu_aws_connector.service import Service
 
 from . import samples
-from .conftest import AMQP_URL, SQS_ENDPOINT, World, running, wait_for
+from .conftest import AMQP_URL, SQS_ENDPOINT, World, connector_ready, running, wait_for
 from .tcpproxy import TcpProxy
 from .tls_broker import free_port
 
@@ -136,7 +136,7 @@ async def test_sigterm_mid_stream_exits_0_and_loses_nothing(world: World, tmp_pa
             stdout=asyncio.subprocess.DEVNULL, stderr=log_file,
         )  # fmt: skip
     try:
-        await wait_for(lambda: _ready(http_port), 30, "the connector ready (topology declared, consuming)")
+        await wait_for(lambda: connector_ready(http_port), 30, "the connector ready (topology declared, consuming)")
         for index, raw in enumerate(events):
             await world.publish(raw, routing_key="device.create")
             if index == 200:
@@ -153,14 +153,6 @@ async def test_sigterm_mid_stream_exits_0_and_loses_nothing(world: World, tmp_pa
         received = await world.take_sqs(world.command_queue, len(events), timeout=60)
     bodies = [m["Body"].encode() for m in received]
     assert set(bodies) == set(events)  # nothing lost (a duplicate would be allowed, none expected)
-
-
-async def _ready(port: int) -> bool:
-    try:
-        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/readyz") as response:
-            return response.status == 200
-    except aiohttp.ClientError:
-        return False
 
 
 async def test_second_signal_exits_at_once_and_nothing_is_lost(world: World, tmp_path: Path) -> None:
@@ -180,7 +172,7 @@ async def test_second_signal_exits_at_once_and_nothing_is_lost(world: World, tmp
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        await wait_for(lambda: _ready(http_port), 30, "the connector ready (topology declared, consuming)")
+        await wait_for(lambda: connector_ready(http_port), 30, "the connector ready (topology declared, consuming)")
         await proxy.stop()
         for raw in events:
             await world.publish(raw, routing_key="device.create")
