@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .tls_broker import _WATCHDOG, HOST, RABBITMQ_BIN, TlsBrokerError, _port_open, free_port
+from .tls_broker import _WATCHDOG, HOST, RABBITMQ_BIN, TlsBrokerError, _port_open, free_port, node_env
 
 
 class PrivateBroker:
@@ -45,21 +45,8 @@ class PrivateBroker:
         return f"amqp://{user}:{password}@{HOST}:{self.port}/"
 
     def _env(self) -> dict[str, str]:
-        d = self.directory
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
-        env.update(
-            HOME=str(d),
-            RABBITMQ_CONF_ENV_FILE=str(d / "rabbitmq-env.conf"),
-            RABBITMQ_NODENAME=self.node,
-            RABBITMQ_DIST_PORT=str(self.dist_port),
-            RABBITMQ_CONFIG_FILE=str(d / "rabbitmq.conf"),
-            RABBITMQ_ENABLED_PLUGINS_FILE=str(d / "enabled_plugins"),
-            RABBITMQ_MNESIA_BASE=str(d / "mnesia"),
-            RABBITMQ_LOG_BASE=str(d / "log"),
-            RABBITMQ_PID_FILE=str(d / "node.pid"),
-            ERL_EPMD_ADDRESS=HOST,
-            ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}",
-        )
+        env = node_env(self.directory, self.node, self.dist_port)
+        env["RABBITMQ_PID_FILE"] = str(self.directory / "node.pid")
         return env
 
     def _write_config(self) -> None:

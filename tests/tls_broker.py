@@ -283,6 +283,25 @@ wait "$server"
 """
 
 
+def node_env(directory: Path, node: str, dist_port: int) -> dict[str, str]:
+    """Environment for a private RabbitMQ node whose files all live under ``directory``, on loopback."""
+    d = directory
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+    env.update(
+        HOME=str(d),  # Erlang cookie: $HOME/.erlang.cookie (for the node and rabbitmqctl)
+        RABBITMQ_CONF_ENV_FILE=str(d / "rabbitmq-env.conf"),  # empty: keeps /etc's NODENAME out
+        RABBITMQ_NODENAME=node,
+        RABBITMQ_DIST_PORT=str(dist_port),
+        RABBITMQ_CONFIG_FILE=str(d / "rabbitmq.conf"),
+        RABBITMQ_ENABLED_PLUGINS_FILE=str(d / "enabled_plugins"),
+        RABBITMQ_MNESIA_BASE=str(d / "mnesia"),
+        RABBITMQ_LOG_BASE=str(d / "log"),
+        ERL_EPMD_ADDRESS=HOST,
+        ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}",
+    )
+    return env
+
+
 class TlsBrokerError(RuntimeError):
     pass
 
@@ -345,21 +364,7 @@ class TlsBroker:
 
     def _env(self) -> dict[str, str]:
         assert self.directory is not None
-        d = self.directory
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
-        env.update(
-            HOME=str(d),  # Erlang cookie: $HOME/.erlang.cookie (for the node and rabbitmqctl)
-            RABBITMQ_CONF_ENV_FILE=str(d / "rabbitmq-env.conf"),  # empty: keeps /etc's NODENAME out
-            RABBITMQ_NODENAME=self.node,
-            RABBITMQ_DIST_PORT=str(self.dist_port),
-            RABBITMQ_CONFIG_FILE=str(d / "rabbitmq.conf"),
-            RABBITMQ_ENABLED_PLUGINS_FILE=str(d / "enabled_plugins"),
-            RABBITMQ_MNESIA_BASE=str(d / "mnesia"),
-            RABBITMQ_LOG_BASE=str(d / "log"),
-            ERL_EPMD_ADDRESS=HOST,
-            ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}",
-        )
-        return env
+        return node_env(self.directory, self.node, self.dist_port)
 
     def rabbitmqctl(self, *args: str, timeout: float = 60.0, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Runs ``rabbitmqctl -n <this node> ARGS`` with this node's cookie."""
