@@ -118,6 +118,9 @@ class SqsConfig(_Section):
     visibility_timeout: int = Field(60, ge=5, le=43200)
     unroutable_max_receives: int = Field(5, ge=1)
     connect_timeout_seconds: float = Field(5.0, gt=0)
+    # Per-message calls as signed JSON requests (sqs_wire.py) instead of through the full botocore
+    # client: same credentials, signature and errors, less than half the CPU per call.
+    fast_path: bool = True
 
     _http_endpoint = field_validator("endpoint_url")(_optional_http_url)
 

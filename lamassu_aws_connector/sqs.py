@@ -1,5 +1,9 @@
 """Thin SQS adapter over aiobotocore: queue resolution, batch send, long poll, batch delete.
 
+The per-message calls go out through ``sqs_wire`` (SQS's JSON protocol signed by botocore, without
+the full client's per-call cost) unless ``sqs.fast_path`` is false; everything else through the
+aiobotocore client.
+
 It returns what SQS answered and raises what botocore raised; what to do about a failure is the
 pipelines' business. Credentials come from the standard botocore chain and are never logged.
 """
@@ -11,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
@@ -23,9 +27,13 @@ from botocore.exceptions import (
 
 from .config import SqsConfig
 from .metrics import Metrics
+from .sqs_wire import WIRE_OPERATIONS, SqsJsonWire
 
 _LEGACY_MAX_MESSAGE_BYTES = 262_144
 _NOT_FOUND_CODES = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
+# botocore retries throttling and 5xx a few times quickly; longer outages are the pipelines' retry
+# loops, which never drop an entry.
+_QUICK_RETRIES = 3
 _BATCH_TOO_LONG_CODES = {"AWS.SimpleQueueService.BatchRequestTooLong", "BatchRequestTooLong"}
 
 
@@ -97,13 +105,12 @@ class SqsGateway:
         self._metrics = metrics
         self._stack = AsyncExitStack()
         self._client: Any = None
+        self._wire: SqsJsonWire | None = None
         self.available = False  # the last call reached SQS (readiness)
 
     async def __aenter__(self) -> SqsGateway:
         client_config = AioConfig(
-            # botocore retries throttling and 5xx a few times quickly; longer outages are the
-            # pipelines' retry loops, which never drop an entry.
-            retries={"mode": "standard", "max_attempts": 3},
+            retries={"mode": "standard", "max_attempts": _QUICK_RETRIES},
             connect_timeout=self._config.connect_timeout_seconds,
             read_timeout=self._config.wait_time_seconds + 15,
             max_pool_connections=64,
@@ -111,14 +118,28 @@ class SqsGateway:
             # attribute of every entry costs ~6 % of the connector's CPU. SQS still validates.
             parameter_validation=False,
         )
+        session: AioSession = get_session()
         self._client = await self._stack.enter_async_context(
-            get_session().create_client(
+            session.create_client(
                 "sqs",
                 region_name=self._config.region,
                 endpoint_url=self._config.endpoint_url,
                 config=client_config,
             )
         )
+        if self._config.fast_path:
+            wire = SqsJsonWire(
+                session,
+                region=self._config.region,
+                endpoint_url=self._client.meta.endpoint_url,
+                connect_timeout=self._config.connect_timeout_seconds,
+                read_timeout=self._config.wait_time_seconds + 15,
+                max_connections=64,
+                attempts=1 + _QUICK_RETRIES,
+            )
+            await wire.start()
+            self._stack.push_async_callback(wire.close)
+            self._wire = wire
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -127,7 +148,10 @@ class SqsGateway:
     async def _call(self, operation: str, **params: Any) -> dict[str, Any]:
         self._metrics.sqs_calls.labels(operation).inc()
         try:
-            result: dict[str, Any] = await getattr(self._client, _snake(operation))(**params)
+            if self._wire is not None and operation in WIRE_OPERATIONS:
+                result = await self._wire.call(operation, params)
+            else:
+                result = await getattr(self._client, _snake(operation))(**params)
         except Exception as exc:
             self._metrics.sqs_errors.labels(operation, error_code(exc)).inc()
             if is_unavailable(exc):

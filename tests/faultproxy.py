@@ -12,15 +12,24 @@ Faults, chosen per request with the configured probabilities:
 * ``lost_response``: the request is forwarded, then its answer replaced by a 500.
 
 The error body follows the protocol of the request: JSON (``X-Amz-Target`` header) or query/XML.
+
+With ``signing_secret`` the proxy also checks each request's SigV4 signature as AWS would, over the
+bytes and headers that arrived, and answers ``SignatureDoesNotMatch`` (403) when it is wrong: the
+SQS emulators accept any signature.
 """
 
 from __future__ import annotations
 
+import hmac
 import random
+import re
 from collections import Counter
 
 import aiohttp
 from aiohttp import web
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
 _HOP_BY_HOP = {"connection", "content-length", "transfer-encoding", "content-encoding", "keep-alive"}
 
@@ -28,7 +37,9 @@ FAULTS = ("500", "503", "throttle", "lost_response")
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, fault_rates: dict[str, float], *, seed: int = 5) -> None:
+    def __init__(
+        self, upstream: str, fault_rates: dict[str, float], *, seed: int = 5, signing_secret: str | None = None
+    ) -> None:
         unknown = set(fault_rates) - set(FAULTS)
         if unknown:
             raise ValueError(f"unknown faults {unknown}")
@@ -38,6 +49,8 @@ class FaultProxy:
         self.injected: Counter[str] = Counter()  # fault -> count, per operation in ``by_operation``
         self.by_operation: Counter[str] = Counter()
         self.forwarded = 0
+        self.signing_secret = signing_secret
+        self.signatures_checked = 0
         self._random = random.Random(seed)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -77,6 +90,10 @@ class FaultProxy:
         body = await request.read()
         target = request.headers.get("X-Amz-Target", "")
         operation = target.rsplit(".", 1)[-1] if target else "query"
+        if self.signing_secret is not None:
+            if not _signature_matches(request, body, self.signing_secret):
+                return _error("bad_signature", json_protocol=bool(target))
+            self.signatures_checked += 1
         fault = self._pick()
         if fault is not None:
             self.injected[fault] += 1
@@ -101,6 +118,7 @@ def _error(fault: str, *, json_protocol: bool) -> web.Response:
         "500": (500, "InternalError", "We encountered an internal error. Please try again."),
         "503": (503, "ServiceUnavailable", "Service is unable to handle request."),
         "throttle": (400, "RequestThrottled", "Rate exceeded"),
+        "bad_signature": (403, "SignatureDoesNotMatch", "The request signature we calculated does not match."),
     }[fault]
     if json_protocol:
         return web.json_response(
@@ -115,3 +133,25 @@ def _error(fault: str, *, json_protocol: bool) -> web.Response:
         f"<Message>{message}</Message></Error><RequestId>fault-proxy</RequestId></ErrorResponse>"
     )
     return web.Response(status=status, text=xml, content_type="text/xml")
+
+
+_AUTHORIZATION = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, ?"
+    r"SignedHeaders=([^,]+), ?Signature=([0-9a-f]{64})"
+)
+
+
+def _signature_matches(request: web.Request, body: bytes, secret: str) -> bool:
+    """Recompute the SigV4 signature of the request as received (botocore's signer) and compare."""
+    match = _AUTHORIZATION.fullmatch(request.headers.get("Authorization", ""))
+    if match is None or "X-Amz-Date" not in request.headers:
+        return False
+    access_key, _, region, service, signed_headers, signature = match.groups()
+    headers = {name: request.headers.get(name, "") for name in signed_headers.split(";")}
+    received = AWSRequest(
+        method=request.method, url=f"http://{request.host}{request.path_qs}", data=body, headers=headers
+    )
+    received.context["timestamp"] = request.headers["X-Amz-Date"]
+    signer = SigV4Auth(Credentials(access_key, secret), service, region)
+    expected = signer.signature(signer.string_to_sign(received, signer.canonical_request(received)), received)
+    return hmac.compare_digest(expected, signature)
