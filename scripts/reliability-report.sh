@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the reliability scenarios (tests/reliability) on real services and writes their counted
 # figures to docs/reliability.md. --long adds the 100,000-event backlog and the 10-minute soak
-# (about 20 minutes in all); without it, about 6 minutes.
+# (about 20 minutes in all); without it, about 5 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
