@@ -80,6 +80,116 @@ def load_cfn(path: Path = CFN_TEMPLATE) -> dict[str, Any]:
     return yaml.load(path.read_text(encoding="utf-8"), Loader=CfnLoader)
 
 
+# Pseudo parameters as a stack in eu-west-1 of account 111122223333 sees them.
+PSEUDO_PARAMETERS = {
+    "AWS::Partition": "aws",
+    "AWS::Region": "eu-west-1",
+    "AWS::AccountId": "111122223333",
+    "AWS::StackName": "lamassu-aws-connector-queues",
+    "AWS::URLSuffix": "amazonaws.com",
+}
+_NO_VALUE = object()  # what AWS::NoValue leaves: the key or list item is dropped
+
+
+class Stack:
+    """The template as CloudFormation instantiates it with these parameter values.
+
+    Conditions are evaluated, ``Fn::If`` picks its branch, ``AWS::NoValue`` drops the key or list
+    item, ``Ref`` to a parameter or pseudo parameter and ``Fn::Sub`` are substituted; a ``Ref`` to a
+    resource and ``Fn::GetAtt`` are kept as they are (their values exist only once deployed).
+    """
+
+    def __init__(self, parameters: dict[str, str] | None = None) -> None:
+        self.template = load_cfn()
+        declared = self.template["Parameters"]
+        given = parameters or {}
+        assert set(given) <= set(declared), f"not parameters of the template: {set(given) - set(declared)}"
+        self.parameters = {name: str(spec.get("Default", "")) for name, spec in declared.items()} | given
+        self._conditions: dict[str, bool] = {}
+
+    def condition(self, name: str) -> bool:
+        if name not in self._conditions:
+            value = self.value(self.template["Conditions"][name])
+            assert isinstance(value, bool), f"condition {name} is not a boolean: {value!r}"
+            self._conditions[name] = value
+        return self._conditions[name]
+
+    def value(self, node: Any) -> Any:
+        if isinstance(node, list):
+            return [item for item in (self.value(x) for x in node) if item is not _NO_VALUE]
+        if not isinstance(node, dict):
+            return node
+        if len(node) == 1:
+            [(key, arg)] = node.items()
+            if key == "Ref":
+                return self._ref(arg)
+            if key == "Condition":
+                return self.condition(arg)
+            if key == "Fn::If":
+                name, if_true, if_false = arg
+                return self.value(if_true if self.condition(name) else if_false)
+            if key == "Fn::Equals":
+                left, right = (self.value(x) for x in arg)
+                return str(left) == str(right)
+            if key == "Fn::Not":
+                [inner] = arg
+                return not self.value(inner)
+            if key == "Fn::And":
+                return all(self.value(x) for x in arg)
+            if key == "Fn::Or":
+                return any(self.value(x) for x in arg)
+            if key == "Fn::Sub":
+                return self._sub(arg)
+        resolved = {key: self.value(value) for key, value in node.items()}
+        return {key: value for key, value in resolved.items() if value is not _NO_VALUE}
+
+    def _ref(self, name: str) -> Any:
+        if name == "AWS::NoValue":
+            return _NO_VALUE
+        if name in self.parameters:
+            return self.parameters[name]
+        if name in PSEUDO_PARAMETERS:
+            return PSEUDO_PARAMETERS[name]
+        assert name in self.template["Resources"], f"Ref to unknown {name}"
+        return {"Ref": name}
+
+    def _sub(self, arg: str | list[Any]) -> str:
+        assert isinstance(arg, str), "Fn::Sub with a variable map is not used by this template"
+        known = self.parameters | PSEUDO_PARAMETERS
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name in known:
+                return known[name]
+            assert name.split(".", 1)[0] in self.template["Resources"], f"Fn::Sub names unknown {name}"
+            return match.group(0)  # an attribute of a resource: known once deployed
+
+        return re.sub(r"\$\{([^}!]+)\}", replace, arg)
+
+    def _included(self, section: str) -> dict[str, Any]:
+        return {
+            name: self.value(body)
+            for name, body in self.template.get(section, {}).items()
+            if "Condition" not in body or self.condition(body["Condition"])
+        }
+
+    def resources(self) -> dict[str, Any]:
+        return self._included("Resources")
+
+    def outputs(self) -> dict[str, Any]:
+        return self._included("Outputs")
+
+    def failed_rules(self) -> list[str]:
+        """Rules whose assertions fail: CloudFormation refuses to create the stack."""
+        failed = []
+        for name, rule in self.template.get("Rules", {}).items():
+            if "RuleCondition" in rule and not self.value(rule["RuleCondition"]):
+                continue
+            if not all(self.value(assertion["Assert"]) for assertion in rule["Assertions"]):
+                failed.append(name)
+        return failed
+
+
 def k8s_objects() -> dict[tuple[str, str], dict[str, Any]]:
     objects: dict[tuple[str, str], dict[str, Any]] = {}
     for path in sorted(K8S.glob("*.yaml")):
@@ -389,8 +499,49 @@ def test_each_queue_redrives_to_its_own_dead_letter_queue() -> None:
     assert response_max > Settings().sqs.unroutable_max_receives
 
 
-def _policy_statements() -> list[dict[str, Any]]:
-    resources = load_cfn()["Resources"]
+# The claim-check parameter sets the IAM checks run over, with the S3/KMS grants each must give
+# (resource -> actions) besides the SQS ones. Claim-check settings without a bucket leave it off.
+KMS_KEY_ARN = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+CLAIM_CHECK = {"ClaimCheckBucketName": "lamassu-claims", "ClaimCheckKeyPrefix": "connector/"}
+EVERYTHING = {
+    **CLAIM_CHECK,
+    "ClaimCheckReplyKeyPrefix": "replies/",
+    "ClaimCheckKmsKeyArn": KMS_KEY_ARN,
+    "CreateClaimCheckBucket": "true",
+    "UseFifo": "true",
+    "ConnectorRoleName": "lamassu-aws-connector",
+}
+OBJECTS = {"s3:PutObject", "s3:GetObject"}
+KMS_ACTIONS = {"kms:GenerateDataKey", "kms:Decrypt"}
+POLICY_CASES: dict[str, tuple[dict[str, str], dict[str, set[str]]]] = {
+    "defaults": ({}, {}),
+    "settings-without-bucket": (
+        {"ClaimCheckReplyKeyPrefix": "replies/", "ClaimCheckKmsKeyArn": KMS_KEY_ARN, "CreateClaimCheckBucket": "true"},
+        {},
+    ),
+    "claim-check": (CLAIM_CHECK, {"arn:aws:s3:::lamassu-claims/connector/*": OBJECTS}),
+    "claim-check-default-prefix": (
+        {"ClaimCheckBucketName": "lamassu-claims"},
+        {f"arn:aws:s3:::lamassu-claims/{Settings().claim_check.key_prefix}*": OBJECTS},
+    ),
+    "claim-check-whole-bucket": (
+        {"ClaimCheckBucketName": "lamassu-claims", "ClaimCheckKeyPrefix": ""},
+        {"arn:aws:s3:::lamassu-claims/*": OBJECTS},
+    ),
+    "everything": (
+        EVERYTHING,
+        {
+            "arn:aws:s3:::lamassu-claims/connector/*": OBJECTS,
+            "arn:aws:s3:::lamassu-claims/replies/*": {"s3:GetObject"},
+            KMS_KEY_ARN: KMS_ACTIONS,
+        },
+    ),
+}
+CLAIM_CHECK_PREFIX_PARAMETERS = ("ClaimCheckKeyPrefix", "ClaimCheckReplyKeyPrefix")
+
+
+def _policy_statements(stack: Stack) -> list[dict[str, Any]]:
+    resources = stack.resources()
     policies = [r for r in resources.values() if r["Type"] == "AWS::IAM::ManagedPolicy"]
     assert len(policies) == 1
     assert not [r for r in resources.values() if r["Type"] in ("AWS::IAM::Policy", "AWS::SQS::QueuePolicy")]
@@ -399,20 +550,174 @@ def _policy_statements() -> list[dict[str, Any]]:
     return list(document["Statement"])
 
 
-def test_iam_policy_is_least_privilege() -> None:
-    by_queue: dict[str, set[str]] = {}
-    for statement in _policy_statements():
+@pytest.mark.parametrize("case", sorted(POLICY_CASES))
+def test_iam_policy_is_least_privilege(case: str) -> None:
+    parameters, claim_check_grants = POLICY_CASES[case]
+    stack = Stack(parameters)
+    bucket = stack.parameters["ClaimCheckBucketName"]
+    # The one wildcard allowed: the trailing object-key part of the claim-check bucket's ARN, after
+    # a configured prefix (the parameter patterns keep * and ? out of the bucket and the prefixes).
+    allowed_wildcards = {f"arn:aws:s3:::{bucket}/{stack.parameters[p]}*" for p in CLAIM_CHECK_PREFIX_PARAMETERS}
+    grants: dict[str, set[str]] = {}
+    for statement in _policy_statements(stack):
         assert statement["Effect"] == "Allow"
         assert not {"NotAction", "NotResource", "Principal"} & set(statement)
-        resource = statement["Resource"]
-        assert resource != "*" and "*" not in json.dumps(resource), "no wildcard resources"
-        assert set(resource) == {"Fn::GetAtt"} and resource["Fn::GetAtt"][1] == "Arn"
         actions = statement["Action"]
         assert isinstance(actions, list)
-        assert all("*" not in action for action in actions), "no wildcard actions"
+        assert all("*" not in action and "?" not in action for action in actions), "no wildcard actions"
         assert len(actions) == len(set(actions))
-        by_queue.setdefault(resource["Fn::GetAtt"][0], set()).update(actions)
-    assert by_queue == {"CommandQueue": COMMAND_QUEUE_ACTIONS, "ResponseQueue": RESPONSE_QUEUE_ACTIONS}
+        resource = statement["Resource"]
+        if isinstance(resource, dict):  # a queue of this stack
+            assert set(resource) == {"Fn::GetAtt"} and resource["Fn::GetAtt"][1] == "Arn"
+            key = resource["Fn::GetAtt"][0]
+        else:
+            assert isinstance(resource, str), "one resource per statement"
+            assert "?" not in resource and "$" not in resource, resource
+            if "*" in resource:
+                assert bucket and resource in allowed_wildcards, f"wildcard resource {resource}"
+                assert resource.index("*") == len(resource) - 1
+                assert set(actions) <= OBJECTS
+            key = resource
+        if any(action.startswith("kms:") for action in actions):
+            # Usable through S3 only, in the stack's region.
+            assert statement["Condition"] == {"StringEquals": {"kms:ViaService": "s3.eu-west-1.amazonaws.com"}}
+        else:
+            assert "Condition" not in statement
+        grants.setdefault(key, set()).update(actions)
+    assert grants == {
+        "CommandQueue": COMMAND_QUEUE_ACTIONS,
+        "ResponseQueue": RESPONSE_QUEUE_ACTIONS,
+        **claim_check_grants,
+    }
+
+
+def _strings(node: Any) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [s for key, value in node.items() for s in (*_strings(key), *_strings(value))]
+    if isinstance(node, list):
+        return [s for item in node for s in _strings(item)]
+    return []
+
+
+def test_iam_policy_wildcards_only_follow_a_claim_check_prefix() -> None:
+    """Every branch of the template as written, not only the parameter sets above."""
+    [policy] = [r for r in load_cfn()["Resources"].values() if r["Type"] == "AWS::IAM::ManagedPolicy"]
+    starred = sorted(s for s in _strings(policy["Properties"]) if "*" in s or "?" in s)
+    assert starred == sorted(
+        f"arn:${{AWS::Partition}}:s3:::${{ClaimCheckBucketName}}/${{{p}}}*" for p in CLAIM_CHECK_PREFIX_PARAMETERS
+    )
+
+
+def test_claim_check_parameters_cannot_widen_the_policy() -> None:
+    parameters = load_cfn()["Parameters"]
+    cases = {
+        "ClaimCheckBucketName": (["", "lamassu-claims", "claims.example-1"], ["*", "claims*", "Claims", "a", "b?c"]),
+        "ClaimCheckKeyPrefix": (
+            ["", "lamassu-aws-connector/", "a/b/c-d_e.f/"],
+            ["*", "x/*", "x?", "${aws:username}/", "a b/", "x\\n"],
+        ),
+        "ClaimCheckReplyKeyPrefix": (["", "replies/"], ["*", "replies/*", "${aws:userid}"]),
+        "ClaimCheckKmsKeyArn": (
+            ["", KMS_KEY_ARN, "arn:aws-us-gov:kms:us-gov-west-1:111122223333:key/mrk-0123abcd"],
+            [
+                "*",
+                "arn:aws:kms:eu-west-1:111122223333:key/*",
+                "arn:aws:kms:*:111122223333:key/1234",
+                "arn:aws:kms:eu-west-1:111122223333:alias/lamassu",
+                "1234abcd-12ab-34cd-56ef-1234567890ab",
+            ],
+        ),
+    }
+    for name, (good, bad) in cases.items():
+        pattern = parameters[name]["AllowedPattern"]
+        assert re.fullmatch(pattern, str(parameters[name]["Default"])), name
+        for value in good:
+            assert re.fullmatch(pattern, value), f"{name} refuses {value!r}"
+        for value in bad:
+            assert not re.fullmatch(pattern, value), f"{name} accepts {value!r}"
+    # The template's default prefix is the connector's, so the defaults work together.
+    assert parameters["ClaimCheckKeyPrefix"]["Default"] == Settings().claim_check.key_prefix
+    assert parameters["ClaimCheckBucketName"]["Default"] == "" == Settings().claim_check.bucket
+
+
+@pytest.mark.parametrize(
+    ("parameters", "sids", "bucket"),
+    [
+        ({}, set(), False),
+        ({"ClaimCheckKmsKeyArn": KMS_KEY_ARN, "ClaimCheckReplyKeyPrefix": "replies/"}, set(), False),
+        (CLAIM_CHECK, {"ClaimCheckObjects"}, False),
+        (
+            {**CLAIM_CHECK, "ClaimCheckReplyKeyPrefix": "replies/"},
+            {"ClaimCheckObjects", "ClaimCheckReplyObjects"},
+            False,
+        ),
+        ({**CLAIM_CHECK, "ClaimCheckKmsKeyArn": KMS_KEY_ARN}, {"ClaimCheckObjects", "ClaimCheckKmsKey"}, False),
+        ({**CLAIM_CHECK, "CreateClaimCheckBucket": "true"}, {"ClaimCheckObjects"}, True),
+        (EVERYTHING, {"ClaimCheckObjects", "ClaimCheckReplyObjects", "ClaimCheckKmsKey"}, True),
+    ],
+    ids=["defaults", "settings-without-bucket", "bucket", "reply-prefix", "kms-key", "create-bucket", "everything"],
+)
+def test_claim_check_conditions_toggle_statements_bucket_and_outputs(
+    parameters: dict[str, str], sids: set[str], bucket: bool
+) -> None:
+    stack = Stack(parameters)
+    assert {s["Sid"] for s in _policy_statements(stack)} == {
+        "SendEventsToCommandQueue",
+        "RelayRepliesFromResponseQueue",
+    } | sids
+    s3 = {name for name, r in stack.resources().items() if r["Type"].startswith("AWS::S3::")}
+    assert s3 == ({"ClaimCheckBucket", "ClaimCheckBucketPolicy"} if bucket else set())
+    claim_outputs = {name for name in stack.outputs() if name.startswith("ClaimCheck")}
+    assert claim_outputs == ({"ClaimCheckBucketName", "ClaimCheckBucketArn"} if bucket else set())
+
+
+def test_created_claim_check_bucket_is_private_encrypted_and_expires_objects() -> None:
+    template = load_cfn()
+    for parameters, algorithm in (
+        ({**CLAIM_CHECK, "CreateClaimCheckBucket": "true"}, "AES256"),
+        (EVERYTHING, "aws:kms"),
+    ):
+        stack = Stack(parameters)
+        resources = stack.resources()
+        bucket = resources["ClaimCheckBucket"]
+        properties = bucket["Properties"]
+        assert properties["BucketName"] == "lamassu-claims"
+        assert bucket["DeletionPolicy"] == bucket["UpdateReplacePolicy"] == "Retain"
+        [encryption] = properties["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+        if algorithm == "aws:kms":
+            assert encryption["ServerSideEncryptionByDefault"] == {
+                "SSEAlgorithm": "aws:kms",
+                "KMSMasterKeyID": KMS_KEY_ARN,
+            }
+            assert encryption["BucketKeyEnabled"] is True
+        else:
+            assert encryption == {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
+        assert properties["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True,
+            "BlockPublicPolicy": True,
+            "IgnorePublicAcls": True,
+            "RestrictPublicBuckets": True,
+        }
+        assert properties["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+        [rule] = properties["LifecycleConfiguration"]["Rules"]
+        assert rule["Status"] == "Enabled" and "Prefix" not in rule and "Filter" not in rule
+        assert rule["ExpirationInDays"] == stack.parameters["ClaimCheckExpirationDays"] == "14"
+        [deny] = resources["ClaimCheckBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+        assert resources["ClaimCheckBucketPolicy"]["Properties"]["Bucket"] == {"Ref": "ClaimCheckBucket"}
+        assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    # Objects must outlive every message that may point at them, in a dead-letter queue too.
+    parameters = template["Parameters"]
+    retention = max(parameters["MessageRetentionPeriod"]["Default"], parameters["DeadLetterRetentionPeriod"]["Default"])
+    assert parameters["ClaimCheckExpirationDays"]["Default"] * 86400 >= retention
+
+
+def test_creating_a_claim_check_bucket_needs_its_name() -> None:
+    assert Stack({"CreateClaimCheckBucket": "true"}).failed_rules() == ["CreatedBucketNeedsAName"]
+    assert Stack({**CLAIM_CHECK, "CreateClaimCheckBucket": "true"}).failed_rules() == []
+    assert Stack({}).failed_rules() == []
+    assert Stack(CLAIM_CHECK).failed_rules() == []
 
 
 def test_outputs_name_the_urls_arns_and_policy() -> None:
@@ -421,6 +726,9 @@ def test_outputs_name_the_urls_arns_and_policy() -> None:
         assert outputs[f"{queue}Url"]["Value"] == {"Ref": queue}
         assert outputs[f"{queue}Arn"]["Value"] == {"Fn::GetAtt": [queue, "Arn"]}
     assert outputs["ConnectorPolicyArn"]["Value"] == {"Ref": "ConnectorPolicy"}
+    for name, value in (("ClaimCheckBucketName", {"Ref": "ClaimCheckBucket"}), ("ClaimCheckBucketArn", None)):
+        assert outputs[name]["Condition"] == "CreatesClaimCheckBucket"
+        assert outputs[name]["Value"] == (value or {"Fn::GetAtt": ["ClaimCheckBucket", "Arn"]})
 
 
 def test_cfn_lint_passes() -> None:
@@ -441,6 +749,25 @@ def test_docs_policy_matches_the_template() -> None:
         queue = statement["Resource"].rsplit(":", 1)[1]
         by_queue.setdefault(queue, set()).update(statement["Action"])
     assert by_queue == {"lamassu-command": COMMAND_QUEUE_ACTIONS, "lamassu-response": RESPONSE_QUEUE_ACTIONS}
+
+
+def test_docs_claim_check_statements_match_the_template() -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", text, re.DOTALL)]
+    lists = [b for b in blocks if isinstance(b, list) and all("Sid" in s for s in b)]
+    assert len(lists) == 1, "docs/deployment.md shows the claim-check statements once, as a JSON list"
+    documented = {s["Sid"]: s for s in lists[0]}
+    stack = Stack(EVERYTHING)
+    template = {s["Sid"]: s for s in _policy_statements(stack) if s["Sid"].startswith("ClaimCheck")}
+    assert set(documented) == set(template)
+    for sid, statement in template.items():
+        shown = documented[sid]
+        assert set(shown) == set(statement), sid
+        assert shown["Effect"] == statement["Effect"] and set(shown["Action"]) == set(statement["Action"]), sid
+        assert "*" not in shown["Resource"] or shown["Resource"].index("*") == len(shown["Resource"]) - 1
+        if "Condition" in statement:
+            [[operator, condition]] = statement["Condition"].items()
+            assert documented[sid]["Condition"][operator].keys() == condition.keys()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -49,6 +49,8 @@ AWS_ACCESS_KEY = "AKIARELIABILITY" + secrets.token_hex(4).upper()
 AWS_SECRET = "awsSecret-" + secrets.token_hex(16)
 SECRETS = (AMQP_PASSWORD, AWS_SECRET)
 
+SQS_OUTAGE_SECONDS = 30  # how long the SQS endpoint is unreachable in the outage scenarios (3, 7c)
+
 EVENT_TYPE = "io.lamassuiot.certificate.update"
 REPLY_TYPE = "io.lamassuiot.aws.certificate.revoked"
 
@@ -223,6 +225,17 @@ class Connector:
                 return response.status == 200
         except (aiohttp.ClientError, TimeoutError):
             return False
+
+    async def readiness(self) -> tuple[int, dict[str, Any]]:
+        """/readyz status and JSON body; (0, {}) when the endpoint does not answer."""
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session,
+                session.get(f"http://127.0.0.1:{self.http_port}/readyz") as response,
+            ):
+                return response.status, await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return 0, {}
 
     async def metrics(self) -> str:
         async with (
@@ -767,6 +780,9 @@ def _sqs_empty(counter: SqsCounter) -> Callable[[], Awaitable[bool]]:
     return check
 
 
+REPLY_VISIBILITY_TIMEOUT = 10
+
+
 async def reply_scenario(
     env: Env,
     scenario: str,
@@ -777,11 +793,20 @@ async def reply_scenario(
     rate: float = 400.0,
     fault_at: float = 0.33,
     drain_timeout: float = 240.0,
+    sqs_endpoint: str | None = None,
+    before_stop: Fault | None = None,
 ) -> tuple[Figures, Run]:
-    """Put ``count`` numbered replies into SQS, inject ``fault``, count them on RabbitMQ."""
+    """Put ``count`` numbered replies into SQS, inject ``fault``, count them on RabbitMQ.
+
+    The replies are sent straight to the SQS server; the connector may reach it through
+    ``sqs_endpoint`` instead (a proxy the fault cuts). ``before_stop`` runs once everything arrived
+    and SQS is empty, before the connector is stopped.
+    """
     names = Names()
     # A short visibility timeout: replies a killed connector had received come back in seconds.
-    base = connector_config(names, env.amqp_url, env.sqs_endpoint, sqs={"visibility_timeout": 10})
+    base = connector_config(
+        names, env.amqp_url, sqs_endpoint or env.sqs_endpoint, sqs={"visibility_timeout": REPLY_VISIBILITY_TIMEOUT}
+    )
     connector = Connector(base, env.workdir / names.tag, "connector")
     run = Run(env.broker, names, [connector])
     counter = AmqpCounter(env.test_url, names.reply_count_queue)
@@ -824,6 +849,8 @@ async def reply_scenario(
         await poll(_sqs_empty(sqs_counter), 90, "SQS response queue empty")
         dead = await queue_depth(env.test_url, names.reply_dlq)
         run.notes.update(stream_seconds=round(stream_seconds, 1), sqs_left=0)
+        if before_stop is not None:
+            await before_stop(run)
         run.notes["exit_codes"] = [await connector.stop()]
         figures = Figures(
             scenario=scenario,

@@ -14,11 +14,10 @@ import pytest
 from ..conftest import SQS_ENDPOINT
 from ..faultproxy import FaultProxy
 from ..tcpproxy import TcpProxy
-from .driver import Env, Run, in_flight, outbound_scenario
+from .driver import SQS_OUTAGE_SECONDS, Env, Run, in_flight, outbound_scenario
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
-SQS_OUTAGE_SECONDS = 30
 PREFETCH = 200  # amqp.prefetch default: the most one killed replica can leave unacked
 
 

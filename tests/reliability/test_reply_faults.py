@@ -3,9 +3,20 @@ exchange; afterwards the SQS response queue must be empty (every reply deleted, 
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
-from .driver import Env, Run, reply_scenario
+from lamassu_aws_connector.config import Settings
+
+from ..conftest import SQS_ENDPOINT
+from ..tcpproxy import TcpProxy
+from .driver import SQS_OUTAGE_SECONDS, Env, Run, poll, reply_scenario
+
+# A poller holds at most four received batches of ten (README, "The reply flow"): only those can be
+# relayed and then miss their delete when SQS goes away, so only they can come twice.
+REPLIES_IN_HAND = Settings().sqs.pollers * 4 * 10
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -33,3 +44,57 @@ async def test_7b_connector_killed_between_publish_and_delete(env: Env) -> None:
     )
     assert figures.lost == 0
     assert figures.dead_lettered == 0
+
+
+async def test_7c_sqs_unreachable_while_replies_stream(env: Env) -> None:
+    host, port = SQS_ENDPOINT.removeprefix("http://").split(":")
+    proxy = TcpProxy(host, int(port))  # the connector's way to SQS; the replies are sent around it
+    await proxy.start()
+
+    async def fault(run: Run) -> None:
+        [connector] = run.connectors
+        await proxy.stop()  # connections cut, new ones refused
+        started = time.monotonic()
+
+        async def sqs_reported_down() -> bool:
+            status, body = await connector.readiness()
+            if status == 503 and "sqs" in body.get("down", []):
+                run.notes["readyz_down_during_outage"] = body["down"]
+                return True
+            return False
+
+        # The outage is observable: readiness names SQS while the endpoint is away.
+        await poll(sqs_reported_down, SQS_OUTAGE_SECONDS - 5, "/readyz to report sqs down")
+        run.notes["sqs_reported_down_after_seconds"] = round(time.monotonic() - started, 1)
+        await asyncio.sleep(SQS_OUTAGE_SECONDS - (time.monotonic() - started))  # the rest of the outage
+        assert connector.running, f"connector exited during the SQS outage:\n{connector.log_tail()}"
+        await proxy.start()
+        run.cleared()
+
+    async def before_stop(run: Run) -> None:
+        [connector] = run.connectors
+        # The daemon rode out the outage: same process, ready again, every poller running.
+        assert connector.running and connector.starts == 1, connector.log_tail()
+        status, body = await connector.readiness()
+        assert status == 200 and body["checks"]["pollers"] and body["checks"]["sqs"], body
+        run.notes["poll_failures_logged"] = len(connector.log_events("inbound.poll_failed"))
+        run.notes["delete_failures_logged"] = len(connector.log_events("inbound.delete_failed"))
+        run.notes["batch_failures_logged"] = len(connector.log_events("inbound.batch_failed"))
+
+    try:
+        figures, run = await reply_scenario(
+            env,
+            "07c-reply-sqs-outage",
+            f"Replies: SQS endpoint unreachable for {SQS_OUTAGE_SECONDS} s",
+            fault,
+            sqs_endpoint=proxy.url,
+            before_stop=before_stop,
+        )
+    finally:
+        await proxy.stop()
+    assert figures.lost == 0
+    assert figures.dead_lettered == 0
+    assert figures.duplicated <= REPLIES_IN_HAND
+    assert run.notes["poll_failures_logged"] > 0  # the pollers really met the outage ...
+    assert run.notes["batch_failures_logged"] == 0  # ... and no batch ended in an unexpected error
+    assert run.notes["exit_codes"] == [0]
