@@ -122,6 +122,11 @@ class ClaimCheck:
         """Outbound claim-check is on (a bucket is configured)."""
         return bool(self.config.bucket)
 
+    @property
+    def reply_buckets(self) -> frozenset[str]:
+        """Buckets a reply's dataref may name; empty: any (then only IAM limits what is read)."""
+        return frozenset(name for name in (self.config.bucket, *self.config.reply_buckets) if name)
+
     def threshold(self, queue_limit: int) -> int:
         configured = self.config.threshold_bytes
         return queue_limit if configured is None else min(configured, queue_limit)
@@ -138,6 +143,12 @@ class ClaimCheck:
         self._client = await self._stack.enter_async_context(
             get_session().create_client("s3", region_name=self._sqs.region, endpoint_url=endpoint, config=client_config)
         )
+        if self.config.resolve_replies and not self.reply_buckets:
+            log.warning(
+                "claimcheck.any_reply_bucket",
+                reason="claim_check.resolve_replies is on with no bucket or reply_buckets: replies' datarefs "
+                "are read from any bucket the connector's role can read",
+            )
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -233,6 +244,10 @@ class ClaimCheck:
         if parsed.event.data is not None or parsed.event.data_base64 is not None:
             return None  # the data is there already; the reference is informational
         bucket, key = parse_s3_url(dataref)
+        allowed = self.reply_buckets
+        if allowed and bucket not in allowed:
+            # A reply must not make the connector fetch (and publish) whatever else its role can read.
+            raise Unresolvable(f"{dataref} is outside the buckets replies may name ({', '.join(sorted(allowed))})")
         try:
             response = await self._client.get_object(Bucket=bucket, Key=key)
             size = int(response.get("ContentLength", 0))

@@ -183,6 +183,9 @@ class ClaimCheckConfig(_Section):
     # (16 MiB by default since RabbitMQ 4.0), which resolved replies must pass too.
     max_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     resolve_replies: bool = True  # replies with an s3:// dataref get their data back before RabbitMQ
+    # Buckets a reply's dataref may name, beside `bucket`. With neither set, any bucket the role can
+    # read: the IAM policy is then the only limit (a warning says so at start).
+    reply_buckets: list[str] = Field(default_factory=list)
     server_side_encryption: Literal["AES256", "aws:kms"] = "AES256"
     kms_key_id: str | None = None
     endpoint_url: str | None = None  # None = sqs.endpoint_url (LocalStack serves S3 on the same port)

@@ -25,7 +25,12 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import DeliveryMode
 from aiormq.exceptions import PublishError
-from tenacity import AsyncRetrying, retry_if_not_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_not_exception_type,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
 from . import tracing
 from .amqp import AmqpGateway, string_headers
@@ -372,9 +377,12 @@ class InboundPipeline:
         receipts = {item.key: item.message["ReceiptHandle"] for item in batch if item.settled}
         if not receipts:
             return
+        # Keep trying while the messages are still invisible: once they reappear they are relayed
+        # again anyway. Meanwhile this batch holds its poller slot, so nothing more is received.
+        give_up_after = self._settings.sqs.visibility_timeout * 0.75
         try:
             async for attempt in AsyncRetrying(
-                wait=wait_random_exponential(multiplier=0.2, max=5), stop=stop_after_attempt(5), reraise=True
+                wait=wait_random_exponential(multiplier=0.2, max=5), stop=stop_after_delay(give_up_after), reraise=True
             ):
                 with attempt:
                     response = await self._sqs.delete_batch(self._queue, receipts)

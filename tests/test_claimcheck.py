@@ -180,3 +180,28 @@ async def test_dataref_replies_get_their_data_back(world: World, s3_bucket: tupl
     assert {headers["x-error-code"] for headers in reasons.values()} == {"dataref_unresolved"}
     assert "NoSuchKey" in str(reasons["r-2"]["x-error-message"])
     assert "claim_check.max_bytes" in str(reasons["r-3"]["x-error-message"])
+
+
+@pytest.mark.integration
+async def test_replies_may_name_only_the_configured_buckets(world: World, s3_bucket: tuple[str, Any]) -> None:
+    bucket, s3 = s3_bucket
+    await s3.put_object(Bucket=bucket, Key="replies/ok", Body=b'{"status": "ACTIVE"}')
+    reply = {
+        "specversion": "1.0",
+        "id": "r-ok",
+        "source": "aws/lambda",
+        "type": "io.lamassu.iotcore.cert.response",
+        "datacontenttype": "application/json",
+        "dataref": f"s3://{bucket}/replies/ok",
+    }
+    elsewhere = {**reply, "id": "r-elsewhere", "dataref": f"s3://someone-elses-bucket-{world.tag}/secrets.json"}
+    observer = await bind_observer(world)
+    async with running(world.settings(claim_check={"bucket": bucket})):
+        await send_replies(world, [orjson.dumps(reply), orjson.dumps(elsewhere)])
+        [relayed] = await world.take_amqp(observer.name, 1)
+        [dead] = await world.take_amqp(world.reply_dlq, 1)
+    assert orjson.loads(relayed.body)["data"] == {"status": "ACTIVE"}
+    assert orjson.loads(dead.body)["id"] == "r-elsewhere"
+    assert dead.headers["x-error-code"] == "dataref_unresolved"
+    assert "outside the buckets replies may name" in str(dead.headers["x-error-message"])
+    assert await world.sqs_count(world.response_queue) == 0
