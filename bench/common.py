@@ -17,6 +17,8 @@ import orjson
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
+from lamassu_aws_connector.sqs_wire import SqsJsonWire
+
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 SQS_ENDPOINT = os.environ.get("SQS_ENDPOINT_URL", "http://127.0.0.1:4566")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -96,6 +98,26 @@ async def sqs_client() -> AsyncIterator[Any]:
         "sqs", region_name="us-east-1", endpoint_url=SQS_ENDPOINT, config=config
     ) as client:
         yield client
+
+
+@asynccontextmanager
+async def sqs_wire() -> AsyncIterator[SqsJsonWire]:
+    """The connector's cheap signed-JSON SQS caller, for the latency instrument and its baseline:
+    on a slow host the full client's CPU per call would saturate the benchmark process itself."""
+    wire = SqsJsonWire(
+        get_session(),
+        region="us-east-1",
+        endpoint_url=SQS_ENDPOINT,
+        connect_timeout=5,
+        read_timeout=30,
+        max_connections=32,
+        attempts=5,
+    )
+    await wire.start()
+    try:
+        yield wire
+    finally:
+        await wire.close()
 
 
 async def create_sqs_queue(sqs: Any, name: str) -> str:

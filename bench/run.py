@@ -54,9 +54,12 @@ from common import (
     preload_sqs,
     sqs_client,
     sqs_depth,
+    sqs_wire,
     unique,
     wait_until,
 )
+
+from lamassu_aws_connector.sqs_wire import SqsJsonWire
 
 HERE = Path(__file__).resolve().parent
 
@@ -247,7 +250,14 @@ async def _zero(depth: Any) -> bool:
 
 
 async def offered_load(
-    sqs: Any, url: str, send: Callable[[bytes], Any], *, rate: float, seconds: float, label: str, figures: Figures
+    sqs: SqsJsonWire,
+    url: str,
+    send: Callable[[bytes], Any],
+    *,
+    rate: float,
+    seconds: float,
+    label: str,
+    figures: Figures,
 ) -> None:
     """Send timestamped events at a steady rate; long-poll them from SQS; record the latencies."""
     latencies: list[float] = []
@@ -256,14 +266,16 @@ async def offered_load(
 
     async def poll() -> None:
         while not stop.is_set():
-            answer = await sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+            answer = await sqs.call(
+                "ReceiveMessage", {"QueueUrl": url, "MaxNumberOfMessages": 10, "WaitTimeSeconds": 1}
+            )
             messages = answer.get("Messages", [])
             now = time.time()
             for message in messages:
                 latencies.append(now - orjson.loads(message["Body"])["data"]["sent_at"])
             if messages:
                 entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
-                await sqs.delete_message_batch(QueueUrl=url, Entries=entries)
+                await sqs.call("DeleteMessageBatch", {"QueueUrl": url, "Entries": entries})
             if len(latencies) >= total:
                 stop.set()
 
@@ -286,7 +298,7 @@ async def offered_load(
 
 
 async def latency_once(rate: float, seconds: float, figures: Figures) -> None:
-    async with Broker() as broker, sqs_client() as sqs:
+    async with Broker() as broker, sqs_client() as sqs, sqs_wire() as wire:
         queue_name, exchange_name = await broker.events_queue([])
         command, response = unique("cmd"), unique("rsp")
         url = await create_sqs_queue(sqs, command)
@@ -302,17 +314,17 @@ async def latency_once(rate: float, seconds: float, figures: Figures) -> None:
             async def publish(body: bytes) -> None:
                 await exchange.publish(aio_pika.Message(body), EVENT_TYPE)
 
-            await offered_load(sqs, url, publish, rate=rate, seconds=seconds, label="latency", figures=figures)
+            await offered_load(wire, url, publish, rate=rate, seconds=seconds, label="latency", figures=figures)
         finally:
             connector.stop()
 
         # Baseline in the same run: the same load sent straight to SQS, one SendMessage per event,
         # measured by the same pollers. What the connector adds is the difference.
         async def send_direct(body: bytes) -> None:
-            await sqs.send_message(QueueUrl=url, MessageBody=body.decode())
+            await wire.call("SendMessage", {"QueueUrl": url, "MessageBody": body.decode()})
 
         await offered_load(
-            sqs, url, send_direct, rate=rate, seconds=seconds, label="direct SendMessage latency", figures=figures
+            wire, url, send_direct, rate=rate, seconds=seconds, label="direct SendMessage latency", figures=figures
         )
         await sqs.delete_queue(QueueUrl=url)
         await sqs.delete_queue(QueueUrl=(await sqs.get_queue_url(QueueName=response))["QueueUrl"])
