@@ -8,7 +8,6 @@ Topology declared through robust channels is restored by aio-pika after a reconn
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,11 +23,11 @@ from aio_pika.abc import (
     DeliveryMode,
 )
 from aiormq.exceptions import ChannelInvalidStateError
-from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
 
 from .config import APP_ID, AmqpConfig, mask_url
 from .logs import get_logger
 from .metrics import Metrics
+from .outcomes import STARTUP, dead_letter_headers, failed_and
 
 log = get_logger(__name__)
 
@@ -59,6 +58,12 @@ def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
         pending.extend(arg for arg in current.args if isinstance(arg, BaseException))
         pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
     return None
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    return "" if value is None else str(value)
 
 
 def channel_open(delivery: AbstractIncomingMessage) -> bool:
@@ -128,9 +133,8 @@ class AmqpGateway:
         A TLS verification failure is: retrying would not make the certificate valid.
         """
         ssl_context = self._ssl_context()
-        async for attempt in AsyncRetrying(
-            wait=wait_random_exponential(multiplier=0.5, max=15),
-            retry=retry_if_exception(lambda exc: _transient_connect_error(exc) and _tls_failure(exc) is None),
+        async for attempt in STARTUP.retrying(
+            failed_and(lambda exc: _transient_connect_error(exc) and _tls_failure(exc) is None),
             before_sleep=lambda state: log.warning(
                 "amqp.connect_failed",
                 url=mask_url(self._config.url),
@@ -233,20 +237,14 @@ class AmqpGateway:
         await target.publish(message, routing_key, mandatory=True, timeout=PUBLISH_TIMEOUT_SECONDS)
 
     async def dead_letter(self, delivery: AbstractIncomingMessage, queue: str, code: str, reason: str) -> None:
-        """Publish a copy of the delivery, with the reason in headers, to a dead-letter queue."""
-        headers = dict(delivery.headers or {})
-        headers.update(
-            {
-                "x-error-code": code,
-                "x-error-message": reason,
-                # A replayed copy (dlq replay) carries where it first came from: keep that.
-                "x-original-exchange": headers.get("x-original-exchange", delivery.exchange or ""),
-                "x-original-routing-key": headers.get("x-original-routing-key", delivery.routing_key or ""),
-                "x-dead-lettered-by": APP_ID,
-                "x-dead-lettered-at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
-            }
-        )
-        copy = persistent_copy(delivery, headers)
+        """Publish a copy of the delivery, with the reason in headers (bounded), to a dead-letter queue."""
+        original = delivery.headers or {}
+        provenance = {
+            # A replayed copy (dlq replay) carries where it first came from: keep that.
+            "x-original-exchange": _text(original.get("x-original-exchange")) or (delivery.exchange or ""),
+            "x-original-routing-key": _text(original.get("x-original-routing-key")) or (delivery.routing_key or ""),
+        }
+        copy = persistent_copy(delivery, dead_letter_headers(code, reason, provenance, original))
         await self.publish("", queue, copy)
 
     async def close(self) -> None:

@@ -29,18 +29,16 @@ import orjson
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
-from tenacity import AsyncRetrying, wait_random_exponential
 
 from .config import ClaimCheckConfig, SqsConfig
 from .events import ParsedEvent, parse_structured
 from .logs import get_logger
 from .metrics import Metrics
-from .sqs import error_code, is_unavailable
+from .outcomes import S3_PUT, ErrorCode, Outcome, aws_error_code, classify_s3_get_error, failed_and
 
 log = get_logger(__name__)
 
-DATAREF_UNRESOLVED = "dataref_unresolved"
-_PERMANENT_GET_CODES = {"NoSuchKey", "NoSuchBucket", "AccessDenied", "404", "403", "InvalidBucketName"}
+DATAREF_UNRESOLVED = ErrorCode.DATAREF_UNRESOLVED.value
 
 
 class Abandoned(Exception):
@@ -199,28 +197,29 @@ class ClaimCheck:
         }
         if self.config.kms_key_id:
             params["SSEKMSKeyId"] = self.config.kms_key_id
-        async for attempt in AsyncRetrying(
-            wait=wait_random_exponential(multiplier=0.2, max=self.config.retry_max_backoff_seconds),
-            retry=lambda state: state.outcome is not None and state.outcome.failed and keep_trying(),
-            reraise=True,
-        ):
-            with attempt:
-                try:
+        policy = S3_PUT.with_limits(cap=self.config.retry_max_backoff_seconds)
+
+        def retry(exc: BaseException) -> bool:
+            self._metrics.s3_errors.labels("PutObject", aws_error_code(exc)).inc()
+            log.warning(
+                "claimcheck.put_failed",
+                **fields,
+                bucket=self.config.bucket,
+                key=key,
+                error=aws_error_code(exc),
+                detail=str(exc)[:300],
+                retrying=keep_trying(),
+            )
+            return keep_trying()
+
+        try:
+            async for attempt in policy.retrying(failed_and(retry)):
+                with attempt:
                     await self._client.put_object(**params)
-                except Exception as exc:
-                    self._metrics.s3_errors.labels("PutObject", error_code(exc)).inc()
-                    log.warning(
-                        "claimcheck.put_failed",
-                        **fields,
-                        bucket=self.config.bucket,
-                        key=key,
-                        error=error_code(exc),
-                        detail=str(exc)[:300],
-                        retrying=keep_trying(),
-                    )
-                    if not keep_trying():
-                        raise Abandoned(str(exc)) from exc
-                    raise
+        except Exception as exc:
+            if keep_trying():
+                raise
+            raise Abandoned(str(exc)) from exc
         self._metrics.claim_checked.inc()
         self._metrics.claim_checked_bytes.inc(len(payload))
         log.info("claimcheck.stored", **fields, dataref=url, bytes=len(payload))
@@ -236,7 +235,8 @@ class ClaimCheck:
     async def resolve(self, parsed: ParsedEvent, fields: dict[str, Any]) -> ParsedEvent | None:
         """The reply with its referenced data put back and dataref dropped; None if nothing to resolve.
 
-        Raises :class:`Unresolvable` for what retrying cannot fix, anything else for an S3 outage.
+        Raises :class:`Unresolvable` for what retrying cannot fix (no such object or bucket, too big,
+        not the data its content type says), anything else while S3 is away or refuses the role.
         """
         dataref = parsed.event.extension("dataref")
         if not isinstance(dataref, str) or not dataref.startswith("s3://"):
@@ -256,16 +256,13 @@ class ClaimCheck:
                 raise Unresolvable(f"{dataref} holds {size} bytes, more than claim_check.max_bytes")
             async with response["Body"] as stream:
                 payload: bytes = await stream.read()
-        except ClientError as exc:
-            self._metrics.s3_errors.labels("GetObject", error_code(exc)).inc()
-            if error_code(exc) in _PERMANENT_GET_CODES or not is_unavailable(exc):
-                raise Unresolvable(f"cannot read {dataref}: {error_code(exc)}: {exc}") from None
-            raise
         except Unresolvable:
             raise
         except Exception as exc:
-            self._metrics.s3_errors.labels("GetObject", error_code(exc)).inc()
-            raise
+            self._metrics.s3_errors.labels("GetObject", aws_error_code(exc)).inc()
+            if classify_s3_get_error(exc) is Outcome.PERMANENT:
+                raise Unresolvable(f"cannot read {dataref}: {aws_error_code(exc)}: {exc}") from None
+            raise  # S3 away or refusing the role: the reply waits in SQS (a dependency problem)
         event = orjson.loads(parsed.body)
         event.pop("dataref", None)
         join_data(event, payload)

@@ -19,11 +19,12 @@ from aiohttp import web
 
 from .catalogue import Direction, check_data
 from .correlation import CorrelationTable, correlation_id
-from .events import ErrorCode, Rejection, parse_structured
+from .events import Rejection, parse_structured
 from .logs import get_logger
 from .metrics import Metrics
 from .outbound import OutboundPipeline
-from .sqs import QueueInfo, SqsGateway, error_code, message_attributes_size
+from .outcomes import ErrorCode, Outcome, aws_error_code, classify_sqs_entry_failure, classify_sqs_error
+from .sqs import QueueInfo, SqsGateway, message_attributes_size
 
 log = get_logger(__name__)
 
@@ -67,11 +68,17 @@ class CommandApi:
             try:
                 response = await sqs.send_batch(queue, [{"Id": "0", **entry}])
             except Exception as exc:
-                log.warning("commands.sqs_send_failed", **fields, error=error_code(exc))
-                return self._answer("unavailable", 503, {"error": "sqs_unavailable", "message": error_code(exc)})
+                log.warning("commands.sqs_send_failed", **fields, error=aws_error_code(exc))
+                if classify_sqs_error(exc) is Outcome.PERMANENT:
+                    detail = f"{aws_error_code(exc)}: {str(exc)[:300]}"
+                    return self._answer("rejected", 502, {"error": ErrorCode.SQS_REJECTED.value, "message": detail})
+                return self._answer("unavailable", 503, {"error": "sqs_unavailable", "message": aws_error_code(exc)})
             for failure in response.get("Failed", []):
-                detail = f"{failure.get('Code')}: {failure.get('Message', '')}"
-                return self._answer("rejected", 502, {"error": ErrorCode.SQS_REJECTED.value, "message": detail})
+                code = str(failure.get("Code", "unknown"))
+                detail = f"{code}: {failure.get('Message', '')}"
+                if classify_sqs_entry_failure(code, others_succeeded=False) is Outcome.PERMANENT:
+                    return self._answer("rejected", 502, {"error": ErrorCode.SQS_REJECTED.value, "message": detail})
+                return self._answer("unavailable", 503, {"error": "sqs_unavailable", "message": detail})
             self._correlation.command_sent(event, track=True)
             log.info("commands.sent", **fields, correlation_id=key)
             try:

@@ -82,6 +82,13 @@ class AmqpConfig(_Section):
     reply_dead_letter_queue: str = Field("lamassu-response.dlq", min_length=1)
     heartbeat_seconds: int = Field(30, ge=0)
     reconnect_interval_seconds: float = Field(5.0, gt=0)
+    # Bytes of message bodies handled at once, beside the prefetch count: what waits beyond it stays
+    # an unparsed body (one copy), not a parsed event and its SQS entry (about five).
+    max_in_flight_bytes: int = Field(32 * 1024 * 1024, ge=64 * 1024)
+    # A message the connector died handling this many times is dead-lettered (crashguard.py).
+    redelivery_limit: int = Field(3, ge=1, le=100)
+    # Where the crash guard keeps its state file; an emptyDir in Kubernetes survives restarts.
+    state_dir: str = Field("/tmp/lamassu-aws-connector", min_length=1)  # noqa: S108 - per-container /tmp
 
     @field_validator("url")
     @classmethod
@@ -117,6 +124,9 @@ class SqsConfig(_Section):
     wait_time_seconds: int = Field(20, ge=1, le=20)
     visibility_timeout: int = Field(60, ge=5, le=43200)
     unroutable_max_receives: int = Field(5, ge=1)
+    # Publish attempts per reply for errors that are neither the reply's fault nor an outage (a
+    # nack, a confirm timeout); then it is dead-lettered as attempts_exhausted.
+    reply_max_attempts: int = Field(6, ge=1, le=100)
     connect_timeout_seconds: float = Field(5.0, gt=0)
     # Per-message calls as signed JSON requests (sqs_wire.py) instead of through the full botocore
     # client: same credentials, signature and errors, less than half the CPU per call.
@@ -158,6 +168,12 @@ class LogConfig(_Section):
     @classmethod
     def _lowercase(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
+
+
+class HealthConfig(_Section):
+    # A flow that holds work and settles nothing for this long turns /readyz false (outbound_progress,
+    # reply_progress): stuck, not merely slow.
+    stall_seconds: float = Field(120.0, ge=5)
 
 
 class ShutdownConfig(_Section):
@@ -215,6 +231,7 @@ class Settings(BaseSettings):
     correlation: CorrelationConfig = Field(default_factory=CorrelationConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     claim_check: ClaimCheckConfig = Field(default_factory=ClaimCheckConfig)
 

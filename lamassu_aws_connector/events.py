@@ -16,23 +16,14 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .outcomes import ErrorCode
 
-class ErrorCode(StrEnum):
-    INVALID_JSON = "invalid_json"
-    INVALID_UTF8 = "invalid_utf8"
-    NOT_CLOUDEVENT = "not_cloudevent"
-    INVALID_ATTRIBUTE = "invalid_attribute"
-    TOO_LARGE = "too_large"
-    SQS_REJECTED = "sqs_rejected"
-    INVALID_DATA = "invalid_data"  # a known Lamassu type whose data fails its catalogue model
-    # A bug in the connector must still end in a dead-letter queue, never in a redelivery loop.
-    INTERNAL_ERROR = "internal_error"
+__all__ = ["CloudEvent", "ErrorCode", "ParsedEvent", "Rejection", "parse_amqp", "parse_structured"]
 
 
 class Rejection(Exception):

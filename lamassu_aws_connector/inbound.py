@@ -3,21 +3,25 @@
 Every received SQS message ends in exactly one of these ways, and is deleted from SQS only after it:
 
 * relayed: published to the reply exchange (routing key = event type) and confirmed by RabbitMQ;
-* dead-lettered: not a valid CloudEvent (or unroutable too often), published (confirmed) to
-  ``amqp.reply_dead_letter_queue`` with ``x-error-code`` and the SQS message id and receive count;
-* left in SQS: RabbitMQ is unavailable, or nothing is bound for the reply's type yet (unroutable,
-  fewer than ``sqs.unroutable_max_receives`` receives). It becomes visible again and is retried.
+* dead-lettered: published (confirmed) to ``amqp.reply_dead_letter_queue`` with ``x-error-code``
+  and the SQS message id and receive count, when it can never be relayed as it is: not a valid
+  CloudEvent, a dataref that names nothing readable, an id or type AMQP cannot carry (shortstr
+  limits), unroutable ``sqs.unroutable_max_receives`` times, or publishing it failed
+  ``sqs.reply_max_attempts`` times for reasons that are neither the reply's nor an outage's;
+* left in SQS: RabbitMQ is unavailable, S3 is (for a dataref), or nothing is bound for the reply's
+  type yet. It becomes visible again and is retried.
 
-While publishes wait for RabbitMQ, the messages' visibility is extended so they are not delivered
-to another poller; pollers do not receive while the AMQP connection is down.
+So every reply settles or goes back to SQS within bounded time, and one poison reply never holds
+its batch: the replies of a batch that are settled are deleted while the others still wait. While
+publishes wait for RabbitMQ, the messages' visibility is extended so they are not delivered to
+another poller; pollers do not receive while the AMQP connection is down. A flow that holds
+batches and settles nothing for ``health.stall_seconds`` reports ``reply_progress`` down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,27 +29,46 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import DeliveryMode
 from aiormq.exceptions import PublishError
-from tenacity import (
-    AsyncRetrying,
-    retry_if_not_exception_type,
-    stop_after_delay,
-    wait_random_exponential,
-)
 
 from . import tracing
 from .amqp import AmqpGateway, string_headers
-from .claimcheck import DATAREF_UNRESOLVED, ClaimCheck, Unresolvable
+from .claimcheck import ClaimCheck, Unresolvable
 from .config import APP_ID, Settings
 from .correlation import CorrelationTable
-from .events import ErrorCode, ParsedEvent, Rejection, is_w3c_traceparent, parse_structured
+from .events import ParsedEvent, Rejection, is_w3c_traceparent, parse_structured
+from .health import DependencyHealth, ProgressWatch
 from .logs import get_logger
 from .metrics import Metrics
-from .sqs import QueueInfo, SqsGateway, error_code
+from .outcomes import (
+    POLLER,
+    REPLY_PUBLISH,
+    SQS_DELETE,
+    ErrorCode,
+    Outcome,
+    amqp_limit_problem,
+    aws_error_code,
+    classify_amqp_publish_error,
+    dead_letter_headers,
+    failed_and,
+)
+from .sqs import QueueInfo, SqsGateway
 
 log = get_logger(__name__)
 
-UNROUTABLE = "unroutable"
 _BATCHES_PER_POLLER = 4
+# A batch whose replies are not all settled after this long has the settled ones deleted already,
+# so a reply that waits (for RabbitMQ, for its attempts) never makes the others come twice.
+_EARLY_DELETE_SECONDS = 1.0
+RESPONSE_QUEUE = "sqs_response_queue"
+S3 = "s3"
+
+
+class _PublishFailed(Exception):
+    """A reply cannot be published: ``code`` says why, for its dead letter."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(slots=True)
@@ -56,6 +79,7 @@ class Received:
     message: dict[str, Any]
     received_at: float
     settled: bool = False  # relayed or dead-lettered: delete it
+    deleted: bool = False
 
     @property
     def sqs_message_id(self) -> str:
@@ -77,6 +101,7 @@ class InboundPipeline:
         *,
         claim_check: ClaimCheck | None = None,
         correlation: CorrelationTable | None = None,
+        health: DependencyHealth | None = None,
     ) -> None:
         self._settings = settings
         self._correlation = correlation
@@ -84,6 +109,7 @@ class InboundPipeline:
         self._sqs = sqs
         self._queue = response_queue
         self._metrics = metrics
+        self._health = health or DependencyHealth(metrics, (RESPONSE_QUEUE,))
         resolve = claim_check is not None and settings.claim_check.resolve_replies
         self._claim_check = claim_check if resolve else None
         self._stopping = asyncio.Event()
@@ -92,6 +118,8 @@ class InboundPipeline:
         # how many received batches (held invisible in SQS) each poller may have in hand.
         self._batch_slots = asyncio.Semaphore(settings.sqs.pollers * _BATCHES_PER_POLLER)
         self._batches: set[asyncio.Task[None]] = set()
+        self._progress = ProgressWatch(settings.health.stall_seconds)
+        self._delete_policy = SQS_DELETE.with_limits(max_seconds=settings.sqs.visibility_timeout * 0.75)
 
     async def start(self) -> None:
         await self._amqp.declare_topic_exchange(self._settings.amqp.reply_exchange)
@@ -110,6 +138,11 @@ class InboundPipeline:
     @property
     def pollers_running(self) -> int:
         return sum(1 for task in self._pollers if not task.done())
+
+    @property
+    def stalled(self) -> bool:
+        """Batches are in hand and no reply has been settled for ``health.stall_seconds``."""
+        return self._progress.stalled(bool(self._batches))
 
     async def stop(self) -> None:
         """Stop receiving; let the batches being published settle. Bound it with a timeout."""
@@ -144,6 +177,7 @@ class InboundPipeline:
                     self._batch_slots.release()
                     raise
                 failures = 0
+                self._health.up(RESPONSE_QUEUE)
                 if messages:
                     task = asyncio.create_task(self._handle_batch_in_slot(messages))
                     self._batches.add(task)
@@ -154,17 +188,19 @@ class InboundPipeline:
                 raise
             except Exception as exc:  # a poller must survive anything; back off and go on
                 failures += 1
-                delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                self._health.down(RESPONSE_QUEUE, aws_error_code(exc), str(exc))
+                delay = POLLER.delay(failures)
+                self._metrics.retries.labels(POLLER.name).inc()
                 log.warning(
                     "inbound.poll_failed",
                     sqs_queue=self._queue.name,
                     poller=number,
-                    error=error_code(exc),
+                    error=aws_error_code(exc),
                     detail=str(exc)[:300],
                     retry_in_seconds=round(delay, 1),
                 )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay * random.uniform(0.5, 1.0))
+                    await asyncio.wait_for(self._stopping.wait(), delay)
 
     async def _until_stopping(self, awaitable: Any) -> Any:
         """Await something, but give up (returning None) as soon as a stop is requested."""
@@ -195,7 +231,11 @@ class InboundPipeline:
         self._metrics.replies_received.inc(len(batch))
         keeper = asyncio.create_task(self._keep_invisible(batch))
         try:
-            await asyncio.gather(*(self._settle(item) for item in batch))
+            pending = {asyncio.create_task(self._settle(item)) for item in batch}
+            while pending:
+                _, pending = await asyncio.wait(pending, timeout=_EARLY_DELETE_SECONDS)
+                if pending:
+                    await self._delete(batch)  # the settled ones, while the others still wait
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -208,36 +248,42 @@ class InboundPipeline:
             await self._relay(item, raw)
         except Exception as exc:  # a bug must park the message, not return it to SQS forever
             log.exception("inbound.internal_error", queue=self._queue.name, sqs_message_id=item.sqs_message_id)
-            await self._dead_letter(item, raw, ErrorCode.INTERNAL_ERROR.value, f"connector error: {exc!r}")
+            await self._dead_letter(item, raw, ErrorCode.INTERNAL_ERROR, f"connector error: {exc!r}")
+        if item.settled:
+            self._progress.progressed()
 
     async def _relay(self, item: Received, raw: bytes) -> None:
         try:
             parsed = parse_structured(raw, repair_missing_id=self._settings.validation.repair_missing_id)
         except Rejection as rejection:
-            await self._dead_letter(item, raw, rejection.code.value, rejection.message)
+            await self._dead_letter(item, raw, rejection.code, rejection.message)
             return
+        fields = {"event_id": parsed.id, "event_type": parsed.type, "queue": self._queue.name}
         if self._claim_check is not None:
-            fields = {"event_id": parsed.id, "event_type": parsed.type, "queue": self._queue.name}
             try:
                 resolved = await self._claim_check.resolve(parsed, fields)
             except (Unresolvable, Rejection) as exc:
-                await self._dead_letter(item, raw, DATAREF_UNRESOLVED, str(exc), fields)
+                await self._dead_letter(item, raw, ErrorCode.DATAREF_UNRESOLVED, str(exc), fields)
                 return
             except Exception as exc:
                 # S3 is unavailable: the reply stays in SQS and is tried again after its visibility timeout.
-                log.warning("inbound.dataref_unavailable", **fields, error=error_code(exc), detail=str(exc)[:300])
+                self._health.down(S3, aws_error_code(exc), str(exc))
+                log.debug("inbound.dataref_unavailable", **fields, error=aws_error_code(exc), detail=str(exc)[:300])
                 return
             if resolved is not None:
+                self._health.up(S3)
                 parsed, raw = resolved, resolved.body
         try:
             await self._publish_reply(item, raw, parsed)
         except PublishError:
             await self._unroutable(item, raw, parsed)
             return
+        except _PublishFailed as failed:
+            await self._dead_letter(item, raw, failed.code, str(failed), fields)
+            return
         item.settled = True
         self._metrics.replies_relayed.inc()
         self._metrics.inbound_latency.observe(time.monotonic() - item.received_at)
-        fields = {"event_id": parsed.id, "event_type": parsed.type, "queue": self._queue.name}
         log.info(
             "inbound.relayed",
             **fields,
@@ -270,42 +316,62 @@ class InboundPipeline:
         )
 
     async def _publish_reply(self, item: Received, raw: bytes, parsed: ParsedEvent) -> None:
-        headers: dict[str, Any] = {"_watermill_message_uuid": parsed.id, "x-sqs-message-id": item.sqs_message_id}
+        headers = string_headers({"_watermill_message_uuid": parsed.id, "x-sqs-message-id": item.sqs_message_id})
         trace = _trace_context(parsed, item.message)
         if trace is not None:
             headers["traceparent"], tracestate = trace
             if tracestate:
                 headers["tracestate"] = tracestate
+        problem = amqp_limit_problem(parsed.type, parsed.id, headers)
+        if problem is not None:
+            raise _PublishFailed(ErrorCode.AMQP_REJECTED, f"the reply cannot be an AMQP message: {problem}")
         message = aio_pika.Message(
             body=parsed.body if parsed.repaired_id else raw,
             content_type="application/cloudevents+json",
             message_id=parsed.id,
             app_id=APP_ID,
             delivery_mode=DeliveryMode.PERSISTENT,
-            headers=string_headers(headers),
+            headers=headers,
         )
         await self._publish_confirmed(self._settings.amqp.reply_exchange, parsed.type, message)
 
     async def _publish_confirmed(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
-        """Publish until RabbitMQ confirms; an unroutable return is raised to the caller at once."""
-        if self._amqp.connected:
-            # The usual case, without building a retry loop per message (a measurable cost).
+        """Publish until RabbitMQ confirms, within the reply's attempt budget (outcomes.py decides).
+
+        An unroutable return (PublishError) is raised at once; an error the message itself causes
+        (encoding, limits) raises _PublishFailed(AMQP_REJECTED) at once; while the connection is
+        down the reply waits without spending its budget; any other failure (a nack, a confirm
+        timeout) spends one attempt, and the last raises _PublishFailed(ATTEMPTS_EXHAUSTED).
+        """
+        spent = 0
+        attempt = 0
+        while True:
+            if not self._amqp.connected:
+                await self._amqp.wait_connected()
             try:
                 await self._amqp.publish(exchange, routing_key, message)
                 return
             except PublishError:
                 raise
             except Exception as exc:
-                log.warning("inbound.publish_failed", exchange=exchange, routing_key=routing_key, error=repr(exc))
-        async for attempt in AsyncRetrying(
-            wait=wait_random_exponential(multiplier=0.2, max=10),
-            retry=retry_if_not_exception_type(PublishError),
-            reraise=True,
-        ):
-            with attempt:
-                if not self._amqp.connected:
-                    await self._amqp.wait_connected()
-                await self._amqp.publish(exchange, routing_key, message)
+                outcome = classify_amqp_publish_error(exc)
+                log.warning(
+                    "inbound.publish_failed",
+                    exchange=exchange,
+                    routing_key=routing_key[:255],
+                    error=repr(exc)[:300],
+                    outcome=outcome.value,
+                )
+                if outcome is Outcome.PERMANENT:
+                    raise _PublishFailed(ErrorCode.AMQP_REJECTED, f"RabbitMQ cannot take it: {exc!r}") from exc
+                if outcome is Outcome.TRANSIENT:
+                    spent += 1
+                    if spent >= self._settings.sqs.reply_max_attempts:
+                        message_text = f"publishing failed {spent} times (sqs.reply_max_attempts): {exc!r}"
+                        raise _PublishFailed(ErrorCode.ATTEMPTS_EXHAUSTED, message_text) from exc
+            attempt += 1
+            self._metrics.retries.labels(REPLY_PUBLISH.name).inc()
+            await asyncio.sleep(REPLY_PUBLISH.delay(attempt))
 
     async def _unroutable(self, item: Received, raw: bytes, parsed: ParsedEvent) -> None:
         self._metrics.replies_unroutable.inc()
@@ -316,7 +382,7 @@ class InboundPipeline:
                 f"no queue is bound to exchange {self._settings.amqp.reply_exchange!r} for routing key "
                 f"{parsed.type!r} (tried {item.receive_count} times)"
             )
-            await self._dead_letter(item, raw, UNROUTABLE, reason, fields)
+            await self._dead_letter(item, raw, ErrorCode.UNROUTABLE, reason, fields)
             return
         retry_in = min(self._settings.sqs.visibility_timeout, 2**item.receive_count)
         log.warning(
@@ -330,31 +396,36 @@ class InboundPipeline:
             await self._sqs.change_visibility_batch(self._queue, {item.key: item.message["ReceiptHandle"]}, retry_in)
 
     async def _dead_letter(
-        self, item: Received, raw: bytes, code: str, reason: str, fields: dict[str, Any] | None = None
+        self, item: Received, raw: bytes, code: ErrorCode, reason: str, fields: dict[str, Any] | None = None
     ) -> None:
         fields = fields or {"queue": self._queue.name}
         dlq = self._settings.amqp.reply_dead_letter_queue
-        headers: dict[str, Any] = {
-            "x-error-code": code,
-            "x-error-message": reason,
+        provenance = {
             "x-sqs-message-id": item.sqs_message_id,
             "x-sqs-receive-count": str(item.receive_count),
             "x-sqs-queue": self._queue.name,
-            "x-dead-lettered-by": APP_ID,
-            "x-dead-lettered-at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
         }
-        for name, value in item.message.get("MessageAttributes", {}).items():
-            if value.get("DataType", "").startswith(("String", "Number")) and "StringValue" in value:
-                headers[f"x-sqs-attribute-{name}"] = value["StringValue"]
+        attributes = {
+            f"x-sqs-attribute-{name}": value["StringValue"]
+            for name, value in item.message.get("MessageAttributes", {}).items()
+            if value.get("DataType", "").startswith(("String", "Number")) and isinstance(value.get("StringValue"), str)
+        }
+        headers: dict[str, Any] = dead_letter_headers(code.value, reason, provenance, droppable=attributes)
         message = aio_pika.Message(body=raw, headers=headers, delivery_mode=DeliveryMode.PERSISTENT, app_id=APP_ID)
-        await self._publish_confirmed("", dlq, message)
+        try:
+            await self._publish_confirmed("", dlq, message)
+        except (PublishError, _PublishFailed) as exc:
+            # Bounded headers make this next to impossible; the reply then waits in SQS (whose own
+            # redrive policy is the last resort) and the error is loud.
+            log.error("inbound.dead_letter_failed", **fields, sqs_message_id=item.sqs_message_id, error=repr(exc))
+            return
         item.settled = True
-        self._metrics.replies_dead_lettered.labels(code).inc()
+        self._metrics.replies_dead_lettered.labels(code.value).inc()
         log.warning(
             "inbound.dead_lettered",
             **fields,
             sqs_message_id=item.sqs_message_id,
-            error_code=code,
+            error_code=code.value,
             reason=reason,
             dead_letter_queue=dlq,
         )
@@ -371,31 +442,34 @@ class InboundPipeline:
                 await self._sqs.change_visibility_batch(self._queue, pending, timeout)
                 log.info("inbound.visibility_extended", queue=self._queue.name, messages=len(pending))
             except Exception as exc:
-                log.warning("inbound.visibility_extend_failed", queue=self._queue.name, error=error_code(exc))
+                log.warning("inbound.visibility_extend_failed", queue=self._queue.name, error=aws_error_code(exc))
 
     async def _delete(self, batch: list[Received]) -> None:
-        receipts = {item.key: item.message["ReceiptHandle"] for item in batch if item.settled}
+        """Delete the settled replies not deleted yet."""
+        receipts = {item.key: item.message["ReceiptHandle"] for item in batch if item.settled and not item.deleted}
         if not receipts:
             return
         # Keep trying while the messages are still invisible: once they reappear they are relayed
         # again anyway. Meanwhile this batch holds its poller slot, so nothing more is received.
-        give_up_after = self._settings.sqs.visibility_timeout * 0.75
         try:
-            async for attempt in AsyncRetrying(
-                wait=wait_random_exponential(multiplier=0.2, max=5), stop=stop_after_delay(give_up_after), reraise=True
-            ):
+            async for attempt in self._delete_policy.retrying(failed_and(lambda _: True)):
                 with attempt:
                     response = await self._sqs.delete_batch(self._queue, receipts)
         except Exception as exc:
             # They reappear after the visibility timeout and are relayed again: a duplicate, not a loss.
-            log.error("inbound.delete_failed", queue=self._queue.name, messages=len(receipts), error=error_code(exc))
+            log.error(
+                "inbound.delete_failed", queue=self._queue.name, messages=len(receipts), error=aws_error_code(exc)
+            )
             return
+        by_key = {item.key: item for item in batch}
+        for key in receipts:
+            by_key[key].deleted = True
         for failure in response.get("Failed", []):
             self._metrics.sqs_errors.labels("DeleteMessageBatchEntry", failure.get("Code", "unknown")).inc()
             log.warning(
                 "inbound.delete_entry_failed",
                 queue=self._queue.name,
-                sqs_message_id=batch[int(failure["Id"])].sqs_message_id,
+                sqs_message_id=by_key[str(failure["Id"])].sqs_message_id,
                 error=failure.get("Code"),
                 detail=failure.get("Message"),
             )

@@ -132,6 +132,34 @@ class Metrics:
         self.amqp_connected = Gauge(
             "lamassu_connector_amqp_connected", "1 while the AMQP connection is open", registry=r
         )
+        self.dependency_up = Gauge(
+            "lamassu_connector_dependency_up",
+            "1 while the last call to the dependency succeeded (sqs_command_queue, sqs_response_queue, s3)",
+            ["dependency"],
+            registry=r,
+        )
+        self.dependency_failures = Counter(
+            "lamassu_connector_dependency_failures",
+            "Times a dependency went down, by the error that took it down",
+            ["dependency", "error"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "lamassu_connector_retries",
+            "Retries by policy (outcomes.py): a dependency or an item tried again after a failure",
+            ["policy"],
+            registry=r,
+        )
+        self.redelivery_suspects = Counter(
+            "lamassu_connector_redelivery_suspects",
+            "Deliveries that were being handled when the connector died (crash guard strikes)",
+            registry=r,
+        )
+        self.inflight_bytes = Gauge(
+            "lamassu_connector_outbound_in_flight_bytes",
+            "Bytes of AMQP bodies received and not yet settled (amqp.max_in_flight_bytes)",
+            registry=r,
+        )
         # Claim-check (claimcheck.py): events whose data went to S3, and replies whose data came back.
         self.claim_checked = Counter(
             "lamassu_connector_claim_checked", "Events whose data was stored in S3 (dataref sent)", registry=r

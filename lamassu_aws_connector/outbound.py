@@ -5,17 +5,22 @@ Every delivery ends in exactly one of three ways, and is acked only after it:
 * forwarded: SQS confirmed its batch entry;
 * skipped: published by this connector (loop guard) or its type is not in ``forward.types``;
 * dead-lettered: published (confirmed) to ``amqp.dead_letter_queue`` with ``x-error-code``. That is
-  where a message goes when it cannot be parsed, is too large, or SQS rejects its entry (a sender
-  fault, or ``forward.max_entry_attempts`` entry-level failures).
+  where a message goes when it cannot be parsed, is too large, SQS refuses its *content* (an
+  allowlisted error code, outcomes.py), it failed alone ``forward.max_entry_attempts`` times while
+  SQS took the others, or the connector died handling it ``amqp.redelivery_limit`` times.
 
-SQS outages and request-level errors are retried with capped, jittered backoff for as long as it
-takes; the deliveries stay unacked meanwhile, so prefetch is the backpressure. If the AMQP channel
-is lost before the ack, RabbitMQ redelivers the message and SQS may receive it twice.
+Everything else SQS answers — the queue missing, credentials or KMS refused, throttling, 5xx, codes
+never seen — is a dependency problem (outcomes.py): the batch is held and retried with capped,
+jittered backoff for as long as it takes, the queue is reported down (/readyz, metric, one log line
+per change), and nothing is dead-lettered. The deliveries stay unacked meanwhile, so prefetch and
+``amqp.max_in_flight_bytes`` are the backpressure. If the AMQP channel is lost before the ack,
+RabbitMQ redelivers the message and SQS may receive it twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import hashlib
 import re
@@ -26,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from . import tracing
 from .acks import Acker
@@ -35,21 +39,28 @@ from .catalogue import DataCheck
 from .claimcheck import Abandoned, ClaimCheck
 from .config import APP_ID, Settings
 from .correlation import CorrelationTable, correlation_id
-from .events import ErrorCode, ParsedEvent, Rejection, forbidden_sqs_character, is_w3c_traceparent, parse_amqp
+from .crashguard import CrashGuard, content_key
+from .events import ParsedEvent, Rejection, forbidden_sqs_character, is_w3c_traceparent, parse_amqp
+from .health import DependencyHealth, ProgressWatch
 from .logs import get_logger
 from .metrics import Metrics
-from .sqs import (
-    QueueInfo,
-    SqsGateway,
-    error_code,
+from .outcomes import (
+    DEAD_LETTER,
+    SQS_HOLD,
+    ErrorCode,
+    Outcome,
+    aws_error_code,
+    classify_sqs_entry_failure,
+    classify_sqs_error,
+    failed_and,
     is_batch_too_long,
-    is_content_rejected,
-    message_attributes_size,
 )
+from .sqs import QueueInfo, SqsGateway, message_attributes_size
 
 log = get_logger(__name__)
 
 _MAX_BATCH_ENTRIES = 10
+COMMAND_QUEUE = "sqs_command_queue"  # the dependency name in /readyz and lamassu_connector_dependency_up
 _FIFO_ID = re.compile(r"[A-Za-z0-9!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]{1,128}\Z")
 
 
@@ -68,6 +79,47 @@ class Pending:
 
 class _EntriesPending(Exception):
     """Some entries of a batch are still to be sent: try again after a backoff."""
+
+
+class ByteBudget:
+    """Bytes of bodies in flight, beside the prefetch count; first come, first served.
+
+    A body larger than the whole budget is let in when nothing else is held, so it is handled
+    alone rather than never.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def _fits(self, size: int) -> bool:
+        return self.used == 0 or self.used + size <= self.limit
+
+    async def acquire(self, size: int) -> None:
+        if not self._waiters and self._fits(size):
+            self.used += size
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((size, waiter))
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(size)  # granted, then cancelled before it was used
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove((size, waiter))
+            raise
+
+    def release(self, size: int) -> None:
+        self.used -= size
+        while self._waiters and self._fits(self._waiters[0][0]):
+            wanted, waiter = self._waiters.popleft()
+            if waiter.done():
+                continue
+            self.used += wanted
+            waiter.set_result(None)
 
 
 class Batcher:
@@ -164,6 +216,7 @@ class OutboundPipeline:
         *,
         claim_check: ClaimCheck | None = None,
         correlation: CorrelationTable | None = None,
+        health: DependencyHealth | None = None,
     ) -> None:
         self._settings = settings
         self._data_check = DataCheck(settings.validation.data, metrics)
@@ -172,9 +225,11 @@ class OutboundPipeline:
         self._sqs = sqs
         self._queue = command_queue
         self._metrics = metrics
+        self._health = health or DependencyHealth(metrics, (COMMAND_QUEUE,))
         self._claim_check = claim_check if claim_check is not None and claim_check.enabled else None
         self._source_queue = settings.amqp.queue
         self._forward = _type_matcher(settings.forward.types)
+        self._fifo = command_queue.fifo
         self._batcher = Batcher(
             self._send_with_retries,
             max_bytes=command_queue.max_message_bytes,
@@ -184,8 +239,16 @@ class OutboundPipeline:
         )
         self._handlers: set[asyncio.Task[None]] = set()
         self._acker = Acker()
+        self._budget = ByteBudget(settings.amqp.max_in_flight_bytes)
+        self._held: dict[int, int] = {}  # id(delivery) -> body bytes, from receipt until settled
+        self._crash_guard = CrashGuard(
+            settings.amqp.state_dir, settings.amqp.queue, settings.amqp.redelivery_limit, metrics
+        )
+        self._progress = ProgressWatch(settings.health.stall_seconds)
+        self._hold_policy = SQS_HOLD.with_limits(cap=settings.forward.retry_max_backoff_seconds)
 
     async def start(self) -> None:
+        self._crash_guard.open()
         await self._amqp.declare_events_queue()
         await self._amqp.consume(self.on_delivery)
         log.info(
@@ -195,7 +258,13 @@ class OutboundPipeline:
             exchanges=self._settings.amqp.exchanges,
             max_message_bytes=self._queue.max_message_bytes,
             fifo=self._queue.fifo,
+            crash_guard=str(self._crash_guard.path) if self._crash_guard.enabled else None,
         )
+
+    @property
+    def stalled(self) -> bool:
+        """Deliveries are held and none has been settled for ``health.stall_seconds``."""
+        return self._progress.stalled(bool(self._held))
 
     async def stop(self) -> None:
         """Stop consuming, then flush and settle what was received. Bound it with a timeout."""
@@ -208,10 +277,12 @@ class OutboundPipeline:
             await asyncio.wait(set(self._handlers))
         await self._batcher.drain()
         await self._acker.flush()
+        self._crash_guard.close()
 
     async def abort(self) -> None:
         await self._batcher.abort()
         await self._acker.flush()  # what was settled is acked, so it is not forwarded twice
+        self._crash_guard.close()
 
     async def on_delivery(self, delivery: AbstractIncomingMessage) -> None:
         self._acker.track(delivery)
@@ -220,18 +291,52 @@ class OutboundPipeline:
             self._handlers.add(task)
         self._metrics.events_consumed.inc()
         self._metrics.in_flight.inc()
+        size = len(delivery.body)
+        self._held[id(delivery)] = size
         try:
-            await self._handle(delivery)
+            await self._budget.acquire(size)
+            self._metrics.inflight_bytes.set(self._budget.used)
+            if delivery.redelivered and self._crash_guard.enabled:
+                await self._handle_suspect(delivery)
+            else:
+                await self._handle(delivery)
         except Exception as exc:  # a bug must not kill the consumer or loop the message forever
-            log.exception("outbound.internal_error", queue=self._source_queue, message_id=delivery.message_id)
+            log.exception("outbound.internal_error", **self._delivery_fields(delivery))
             await self._dead_letter(delivery, ErrorCode.INTERNAL_ERROR, f"connector error: {exc!r}", {})
         finally:
             if task is not None:
                 self._handlers.discard(task)
 
+    async def _handle_suspect(self, delivery: AbstractIncomingMessage) -> None:
+        """A redelivered message: handled alone under the crash guard (crashguard.py)."""
+        key = content_key(delivery.body, delivery.routing_key)
+        strikes = self._crash_guard.strikes(key)
+        delivery_count = _int_header(delivery.headers, "x-delivery-count")  # quorum queues count for us
+        limit = self._crash_guard.limit
+        if strikes >= limit or (delivery_count is not None and delivery_count > limit):
+            reason = (
+                f"the connector died while handling this message {strikes} time(s)"
+                if strikes >= limit
+                else f"RabbitMQ delivered it {delivery_count} times"
+            ) + f" (amqp.redelivery_limit is {limit}); it is set aside instead of being handled again"
+            await self._dead_letter(delivery, ErrorCode.REDELIVERY_LIMIT, reason, {})
+            self._crash_guard.forget(key)
+            return
+        async with self._crash_guard.handling(key):
+            await self._handle(delivery)
+
+    def _delivery_fields(self, delivery: AbstractIncomingMessage) -> dict[str, Any]:
+        """Log fields of a delivery not (yet) parsed: what an operator needs to find it."""
+        return {
+            "queue": self._source_queue,
+            "message_id": delivery.message_id,
+            "routing_key": delivery.routing_key,
+            "exchange": delivery.exchange,
+        }
+
     async def _handle(self, delivery: AbstractIncomingMessage) -> None:
         if delivery.app_id == APP_ID:
-            await self._skip(delivery, "loop_guard", {"queue": self._source_queue, "message_id": delivery.message_id})
+            await self._skip(delivery, "loop_guard", self._delivery_fields(delivery))
             return
         received_at = time.monotonic()
         limit = self._queue.max_message_bytes
@@ -280,7 +385,7 @@ class OutboundPipeline:
                 )
             except Abandoned:
                 # The channel is gone: RabbitMQ redelivers the event and it is stored then.
-                self._metrics.in_flight.dec()
+                self._release(delivery)
                 return
             if checked is not None:
                 entry = checked
@@ -362,15 +467,34 @@ class OutboundPipeline:
         remaining = await self._send_once(batch)
         if not remaining:
             return
-        async for attempt in AsyncRetrying(
-            wait=wait_random_exponential(multiplier=0.1, max=self._settings.forward.retry_max_backoff_seconds),
-            retry=retry_if_exception_type(_EntriesPending),
-            reraise=True,
-        ):
+        async for attempt in self._hold_policy.retrying(failed_and(lambda exc: isinstance(exc, _EntriesPending))):
             with attempt:
+                self._metrics.retries.labels(self._hold_policy.name).inc()
                 remaining = await self._send_once(remaining)
                 if remaining:
                     raise _EntriesPending
+
+    async def _send_split(self, items: list[Pending]) -> list[Pending]:
+        """Send each entry alone: each one either goes through, is held, or is dead-lettered.
+
+        On a FIFO queue one at a time and in order, and once an entry of a message group is held,
+        the later entries of that group are held with it (sent after it, never before).
+        """
+        if not self._fifo:
+            parts = await asyncio.gather(*(self._send_once([item]) for item in items))
+            return [item for part in parts for item in part]
+        held: list[Pending] = []
+        held_groups: set[str] = set()
+        for item in items:
+            group = str(item.entry.get("MessageGroupId", ""))
+            if group in held_groups:
+                held.append(item)
+                continue
+            rest = await self._send_once([item])
+            if rest:
+                held.extend(rest)
+                held_groups.add(group)
+        return held
 
     async def _send_once(self, items: list[Pending]) -> list[Pending]:
         """One SendMessageBatch; settles what succeeded or can never succeed, returns the rest."""
@@ -378,35 +502,13 @@ class OutboundPipeline:
         try:
             response = await self._sqs.send_batch(self._queue, entries)
         except Exception as exc:
-            if is_batch_too_long(exc):
-                if len(items) > 1:
-                    # The queue's limit shrank under us: send one entry per call this time.
-                    rest = await asyncio.gather(*(self._send_once([item]) for item in items))
-                    return [item for part in rest for item in part]
-                [item] = items
-                reason = f"SQS refused the event as too long for queue {self._queue.name}: {exc}"
-                await self._dead_letter(item.delivery, ErrorCode.TOO_LARGE, reason, item.log_fields)
-                return []
-            if is_content_rejected(exc):
-                if len(items) > 1:
-                    # Find the entry SQS refuses: alone, each one either goes through or is dead-lettered.
-                    rest = await asyncio.gather(*(self._send_once([item]) for item in items))
-                    return [item for part in rest for item in part]
-                [item] = items
-                reason = f"SQS refused the event: {error_code(exc)}: {str(exc)[:300]}"
-                await self._dead_letter(item.delivery, ErrorCode.SQS_REJECTED, reason, item.log_fields)
-                return []
-            log.warning(
-                "outbound.sqs_send_failed",
-                sqs_queue=self._queue.name,
-                entries=len(items),
-                error=error_code(exc),
-                detail=str(exc)[:300],
-            )
-            return items
+            return await self._on_send_error(items, exc)
         now = time.monotonic()
         by_id = dict(enumerate(items))
-        for success in response.get("Successful", []):
+        successful = response.get("Successful", [])
+        if successful:
+            self._health.up(COMMAND_QUEUE)
+        for success in successful:
             item = by_id.pop(int(success["Id"]))
             self._observe_sent(item, success.get("MessageId"))
             if self._ack(item.delivery, item.log_fields):
@@ -421,24 +523,74 @@ class OutboundPipeline:
         retry: list[Pending] = []
         for failure in response.get("Failed", []):
             item = by_id.pop(int(failure["Id"]))
-            item.failed_attempts += 1
-            code = failure.get("Code", "unknown")
+            code = str(failure.get("Code", "unknown"))
+            message = str(failure.get("Message", ""))
             self._metrics.sqs_errors.labels("SendMessageBatchEntry", code).inc()
-            message = failure.get("Message", "")
-            if failure.get("SenderFault") or item.failed_attempts >= self._settings.forward.max_entry_attempts:
-                reason = f"SQS rejected the entry after {item.failed_attempts} attempt(s): {code}: {message}"
+            outcome = classify_sqs_entry_failure(code, others_succeeded=bool(successful))
+            if outcome is Outcome.PERMANENT:
+                reason = f"SQS refused the event: {code}: {message}"
                 await self._dead_letter(item.delivery, ErrorCode.SQS_REJECTED, reason, item.log_fields)
+                continue
+            if outcome is Outcome.TRANSIENT:
+                item.failed_attempts += 1
+                if item.failed_attempts >= self._settings.forward.max_entry_attempts:
+                    reason = (
+                        f"SQS failed this entry {item.failed_attempts} times while accepting others "
+                        f"(forward.max_entry_attempts): {code}: {message}"
+                    )
+                    await self._dead_letter(item.delivery, ErrorCode.ATTEMPTS_EXHAUSTED, reason, item.log_fields)
+                    continue
             else:
-                log.warning("outbound.entry_failed", **item.log_fields, error=code, detail=message, retrying=True)
-                self._metrics.sqs_entry_retries.inc()
-                retry.append(item)
+                self._health.down(COMMAND_QUEUE, code, message)
+            log.warning("outbound.entry_failed", **item.log_fields, error=code, detail=message, retrying=True)
+            self._metrics.sqs_entry_retries.inc()
+            retry.append(item)
         # An entry missing from both lists was not confirmed: send it again.
         retry.extend(by_id.values())
+        if self._fifo:
+            retry.sort(key=items.index)  # the order they came in, within every message group
         return retry
+
+    async def _on_send_error(self, items: list[Pending], exc: Exception) -> list[Pending]:
+        """The whole SendMessageBatch failed: split on a content error, hold on anything else."""
+        if is_batch_too_long(exc):
+            if len(items) > 1:
+                return await self._send_split(items)  # the queue's limit shrank under us
+            [item] = items
+            reason = f"SQS refused the event as too long for queue {self._queue.name}: {exc}"
+            await self._dead_letter(item.delivery, ErrorCode.TOO_LARGE, reason, item.log_fields)
+            return []
+        if classify_sqs_error(exc) is Outcome.PERMANENT:
+            if len(items) > 1:
+                return await self._send_split(items)  # find the entry SQS refuses
+            [item] = items
+            reason = f"SQS refused the event: {aws_error_code(exc)}: {str(exc)[:300]}"
+            await self._dead_letter(item.delivery, ErrorCode.SQS_REJECTED, reason, item.log_fields)
+            return []
+        # A dependency problem: hold the whole batch, whatever the status code says.
+        self._health.down(COMMAND_QUEUE, aws_error_code(exc), str(exc))
+        log.debug(
+            "outbound.sqs_send_failed",
+            sqs_queue=self._queue.name,
+            entries=len(items),
+            error=aws_error_code(exc),
+            detail=str(exc)[:300],
+        )
+        return items
+
+    def _release(self, delivery: AbstractIncomingMessage) -> None:
+        """The delivery leaves the pipeline (settled, or left to RabbitMQ's redelivery)."""
+        size = self._held.pop(id(delivery), None)
+        if size is None:
+            return
+        self._metrics.in_flight.dec()
+        self._budget.release(size)
+        self._metrics.inflight_bytes.set(self._budget.used)
+        self._progress.progressed()
 
     def _ack(self, delivery: AbstractIncomingMessage, fields: dict[str, Any]) -> bool:
         """The delivery's fate is sealed: hand it to the acker (acks go out in multiple-ack frames)."""
-        self._metrics.in_flight.dec()
+        self._release(delivery)
         if self._acker.settle(delivery):
             return True
         # The channel closed since the delivery: RabbitMQ will redeliver it (a duplicate in SQS at worst).
@@ -454,23 +606,23 @@ class OutboundPipeline:
         self, delivery: AbstractIncomingMessage, code: ErrorCode, reason: str, fields: dict[str, Any]
     ) -> None:
         """Publish to the dead-letter queue (confirmed), then ack. Retries while the channel lives."""
-        fields = fields or {"queue": self._source_queue, "message_id": delivery.message_id}
+        fields = {**self._delivery_fields(delivery), **fields}
         dlq = self._settings.amqp.dead_letter_queue
-        async for attempt in AsyncRetrying(
-            wait=wait_random_exponential(multiplier=0.2, max=10),
-            retry=lambda state: state.outcome is not None and state.outcome.failed and channel_open(delivery),
-            reraise=True,
-        ):
-            with attempt:
-                try:
+
+        def retry(exc: BaseException) -> bool:
+            log.warning("outbound.dead_letter_failed", **fields, error=repr(exc))
+            return channel_open(delivery)
+
+        try:
+            async for attempt in DEAD_LETTER.retrying(failed_and(retry)):
+                with attempt:
                     await self._amqp.dead_letter(delivery, dlq, code.value, reason)
-                except Exception as exc:
-                    log.warning("outbound.dead_letter_failed", **fields, error=repr(exc))
-                    if not channel_open(delivery):
-                        # Redelivered later and dead-lettered then; nothing is lost.
-                        self._metrics.in_flight.dec()
-                        return
-                    raise
+        except Exception:
+            if channel_open(delivery):
+                raise
+            # Redelivered later and dead-lettered then; nothing is lost.
+            self._release(delivery)
+            return
         self._metrics.events_dead_lettered.labels(code.value).inc()
         log.warning("outbound.dead_lettered", **fields, error_code=code.value, reason=reason, dead_letter_queue=dlq)
         self._ack(delivery, fields)
@@ -491,6 +643,15 @@ def _type_matcher(patterns: list[str]) -> Callable[[str], bool]:
         return hit
 
     return matches
+
+
+def _int_header(headers: Mapping[str, Any] | None, name: str) -> int | None:
+    value = (headers or {}).get(name)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str | bytes) and value.strip().isdigit():
+        return int(value)
+    return None
 
 
 def _header_traceparent(headers: Mapping[str, Any] | None) -> str | None:

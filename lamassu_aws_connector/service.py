@@ -12,20 +12,20 @@ import asyncio
 from contextlib import AsyncExitStack
 from typing import Any
 
-from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
-
 from . import __version__
 from .amqp import AmqpGateway, TlsError
 from .claimcheck import BucketMissing, ClaimCheck
 from .commands import CommandApi
 from .config import Settings
 from .correlation import CorrelationTable
+from .health import DependencyHealth
 from .http import OpsServer
-from .inbound import InboundPipeline
+from .inbound import RESPONSE_QUEUE, S3, InboundPipeline
 from .logs import get_logger
 from .metrics import Metrics
-from .outbound import OutboundPipeline
-from .sqs import QueueInfo, SqsGateway, is_unavailable
+from .outbound import COMMAND_QUEUE, OutboundPipeline
+from .outcomes import STARTUP, failed_and, is_unavailable
+from .sqs import QueueInfo, SqsGateway
 
 log = get_logger(__name__)
 
@@ -45,6 +45,10 @@ class Service:
         self.amqp: AmqpGateway | None = None
         self.sqs: SqsGateway | None = None
         self.correlation = CorrelationTable(settings.correlation, self.metrics)
+        dependencies: tuple[str, ...] = (COMMAND_QUEUE, RESPONSE_QUEUE)
+        if settings.claim_check.bucket or settings.claim_check.resolve_replies:
+            dependencies += (S3,)
+        self.health = DependencyHealth(self.metrics, dependencies)
         self.commands: CommandApi | None = None
         if settings.http.commands:
             self.commands = CommandApi(self.correlation, self.metrics, settings.http.commands_timeout_seconds)
@@ -53,13 +57,23 @@ class Service:
         self.metrics.build_info.labels(version=__version__).set(1)
 
     def readiness(self) -> dict[str, bool]:
-        """What /readyz reports: every part must be up for the pod to receive traffic."""
-        return {
+        """What /readyz reports: every part must be up for the pod to receive traffic.
+
+        ``sqs``: the endpoint answers; ``sqs_command_queue`` / ``sqs_response_queue`` / ``s3``: the
+        last call to it succeeded (a missing queue, refused credentials, KMS: down); the two
+        ``*_progress`` checks: the flow is not holding work without settling any for
+        ``health.stall_seconds``.
+        """
+        checks = {
             "amqp_connection": self.amqp is not None and self.amqp.connected,
             "amqp_consumer": self.amqp is not None and self.amqp.consuming,
             "sqs": self.sqs is not None and self.sqs.available and self.outbound is not None,
             "pollers": self.inbound is not None and self.inbound.pollers_running == self.settings.sqs.pollers,
         }
+        checks.update(self.health.checks())
+        checks["outbound_progress"] = self.outbound is not None and not self.outbound.stalled
+        checks["reply_progress"] = self.inbound is not None and not self.inbound.stalled
+        return checks
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -102,10 +116,24 @@ class Service:
                 raise StartupError(str(exc)) from exc
             correlation = self.correlation
             self.outbound = OutboundPipeline(
-                settings, amqp, sqs, command_queue, self.metrics, claim_check=claim_check, correlation=correlation
+                settings,
+                amqp,
+                sqs,
+                command_queue,
+                self.metrics,
+                claim_check=claim_check,
+                correlation=correlation,
+                health=self.health,
             )
             self.inbound = InboundPipeline(
-                settings, amqp, sqs, response_queue, self.metrics, claim_check=claim_check, correlation=correlation
+                settings,
+                amqp,
+                sqs,
+                response_queue,
+                self.metrics,
+                claim_check=claim_check,
+                correlation=correlation,
+                health=self.health,
             )
             self.correlation.start()
             stack.push_async_callback(self.correlation.stop)
@@ -136,16 +164,11 @@ class Service:
         await asyncio.gather(self.outbound.stop(), self.inbound.stop())
 
     async def _resolve(self, sqs: SqsGateway, name: str) -> QueueInfo:
-        async for attempt in AsyncRetrying(
-            wait=wait_random_exponential(multiplier=0.5, max=15),
-            retry=retry_if_exception(is_unavailable),
+        async for attempt in STARTUP.retrying(
+            failed_and(is_unavailable),
             before_sleep=lambda state: log.warning(
-                "sqs.unavailable",
-                sqs_queue=name,
-                attempt=state.attempt_number,
-                error=_outcome_error(state),
+                "sqs.unavailable", sqs_queue=name, attempt=state.attempt_number, error=_outcome_error(state)
             ),
-            reraise=True,
         ):
             with attempt:
                 try:
@@ -164,13 +187,11 @@ class Service:
         claim_check = await stack.enter_async_context(ClaimCheck(config, self.settings.sqs, self.metrics))
         if not config.bucket:
             return claim_check
-        async for attempt in AsyncRetrying(
-            wait=wait_random_exponential(multiplier=0.5, max=15),
-            retry=retry_if_exception(is_unavailable),
+        async for attempt in STARTUP.retrying(
+            failed_and(is_unavailable),
             before_sleep=lambda state: log.warning(
                 "s3.unavailable", bucket=config.bucket, attempt=state.attempt_number, error=_outcome_error(state)
             ),
-            reraise=True,
         ):
             with attempt:
                 try:

@@ -4,8 +4,9 @@ The per-message calls go out through ``sqs_wire`` (SQS's JSON protocol signed by
 the full client's per-call cost) unless ``sqs.fast_path`` is false; everything else through the
 aiobotocore client.
 
-It returns what SQS answered and raises what botocore raised; what to do about a failure is the
-pipelines' business. Credentials come from the standard botocore chain and are never logged.
+It returns what SQS answered and raises what botocore raised; how a failure is classified is
+decided in outcomes.py, what to do about it in the pipelines. Credentials come from the standard
+botocore chain and are never logged.
 """
 
 from __future__ import annotations
@@ -16,17 +17,12 @@ from typing import Any
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
-from botocore.exceptions import (
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    HTTPClientError,
-    ReadTimeoutError,
-)
+from botocore.exceptions import ClientError
 
 from .config import SqsConfig
 from .metrics import Metrics
+from .outcomes import aws_error_code as error_code
+from .outcomes import is_unavailable
 from .sqs_wire import WIRE_OPERATIONS, SqsJsonWire
 
 _LEGACY_MAX_MESSAGE_BYTES = 262_144
@@ -34,7 +30,6 @@ _NOT_FOUND_CODES = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExis
 # botocore retries throttling and 5xx a few times quickly; longer outages are the pipelines' retry
 # loops, which never drop an entry.
 _QUICK_RETRIES = 3
-_BATCH_TOO_LONG_CODES = {"AWS.SimpleQueueService.BatchRequestTooLong", "BatchRequestTooLong"}
 
 
 class QueueNotFound(Exception):
@@ -47,48 +42,6 @@ class QueueInfo:
     url: str
     max_message_bytes: int
     fifo: bool
-
-
-def error_code(exc: BaseException) -> str:
-    """A short label for a failed call: the AWS error code, or the exception class."""
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code", "ClientError"))
-    return type(exc).__name__
-
-
-def is_unavailable(exc: BaseException) -> bool:
-    """The endpoint cannot be reached or is overloaded: worth waiting for, not the request's fault."""
-    if isinstance(
-        exc, EndpointConnectionError | ConnectionClosedError | ConnectTimeoutError | ReadTimeoutError | HTTPClientError
-    ):
-        return True
-    if isinstance(exc, ClientError):
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return bool(status >= 500 or "Throttl" in error_code(exc))
-    return False
-
-
-_CREDENTIAL_CODES = (
-    "AccessDenied", "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken", "UnrecognizedClient",
-    "InvalidSecurity", "RequestExpired", "MissingAuthenticationToken", "KMS",
-)  # fmt: skip
-
-
-def is_content_rejected(exc: BaseException) -> bool:
-    """SQS refused the request itself for what it carries (4xx), not for who sent it or when.
-
-    Credential, permission and KMS problems are the operator's to fix and throttling passes: those
-    are retried. Anything else in 4xx means some entry of the batch can never be accepted.
-    """
-    if not isinstance(exc, ClientError) or is_unavailable(exc):
-        return False
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    code = error_code(exc)
-    return 400 <= status < 500 and not any(marker in code for marker in _CREDENTIAL_CODES)
-
-
-def is_batch_too_long(exc: BaseException) -> bool:
-    return isinstance(exc, ClientError) and error_code(exc) in _BATCH_TOO_LONG_CODES
 
 
 def message_attributes_size(attributes: dict[str, dict[str, str]]) -> int:

@@ -6,7 +6,7 @@ user-agent string rebuilt, a dozen event hooks, the answer parsed back through t
 request written with orjson and signed by botocore's ``SigV4Auth`` costs less than half of that.
 What stays botocore's: the credential chain (and its refreshes), the signature, the CA bundle, and
 the exceptions. Failures are raised as the botocore exceptions the full client raises, with the
-same error codes, so the pipelines classify them exactly as before (``sqs.error_code``, ``is_unavailable``, …).
+same error codes, so outcomes.py classifies them exactly alike on both paths.
 
 Only operations whose input and output are plain JSON (strings, numbers, lists, maps; no blobs or
 timestamps to convert) go this way: see ``WIRE_OPERATIONS``.
@@ -34,9 +34,9 @@ from botocore.exceptions import (
 )
 from botocore.httpsession import get_cert_path
 from botocore.utils import get_environ_proxies
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from . import __version__
+from .outcomes import SQS_QUICK, failed_and, http_status
 
 WIRE_OPERATIONS = frozenset(
     {"SendMessageBatch", "ReceiveMessage", "DeleteMessageBatch", "ChangeMessageVisibilityBatch"}
@@ -95,15 +95,12 @@ class SqsJsonWire:
             if not _worth_repeating(exc):
                 raise
         # The retry loop is built only after a failure: it costs more than the call's own work.
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(_worth_repeating),
-            wait=wait_random_exponential(multiplier=0.05, max=1),
-            stop=stop_after_attempt(self._attempts - 1),
-            reraise=True,
+        async for attempt in SQS_QUICK.with_limits(max_attempts=self._attempts - 1).retrying(
+            failed_and(_worth_repeating)
         ):
             with attempt:
                 return await self._attempt(operation, params)
-        raise AssertionError("unreachable: tenacity reraises the last failure")
+        raise AssertionError("unreachable: the retry loop re-raises the last failure")
 
     async def _attempt(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         assert self._http is not None, "start() first"
@@ -174,7 +171,6 @@ def _worth_repeating(exc: BaseException) -> bool:
     if isinstance(exc, ConnectionClosedError):
         return True
     if isinstance(exc, ClientError):
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         code = str(exc.response.get("Error", {}).get("Code", ""))
-        return bool(status >= 500 or "Throttl" in code)
+        return http_status(exc) >= 500 or "Throttl" in code
     return False

@@ -15,14 +15,9 @@ from botocore.exceptions import ClientError
 
 from lamassu_aws_connector.config import SqsConfig
 from lamassu_aws_connector.metrics import Metrics
-from lamassu_aws_connector.sqs import (
-    _NOT_FOUND_CODES,
-    QueueInfo,
-    SqsGateway,
-    error_code,
-    is_content_rejected,
-    is_unavailable,
-)
+from lamassu_aws_connector.outcomes import Outcome, classify_sqs_error, is_unavailable
+from lamassu_aws_connector.outcomes import aws_error_code as error_code
+from lamassu_aws_connector.sqs import _NOT_FOUND_CODES, QueueInfo, SqsGateway
 
 from .conftest import SQS_ENDPOINT, World
 from .faultproxy import FaultProxy
@@ -122,7 +117,8 @@ async def test_missing_queue_and_closed_port_classified_alike(world: World, fast
         with pytest.raises(ClientError) as raised:
             await sqs.send_batch(missing, [entry(0)])
         assert error_code(raised.value) in _NOT_FOUND_CODES
-        assert not is_unavailable(raised.value) and is_content_rejected(raised.value)
+        # A missing queue is the dependency's trouble, not the events': held, never dead-lettered.
+        assert not is_unavailable(raised.value) and classify_sqs_error(raised.value) is Outcome.DEPENDENCY
         assert sqs.available  # the server answered
 
     with socket.socket() as probe:
@@ -143,7 +139,7 @@ async def test_server_faults_retried_then_raised_as_unavailable(world: World, fa
     async with proxy({fault: 1.0}) as faulty, gateway(fast_path, faulty.url) as sqs:
         with pytest.raises(ClientError) as raised:
             await sqs.send_batch(queue, [entry(0)])
-        assert is_unavailable(raised.value) and not is_content_rejected(raised.value)
+        assert is_unavailable(raised.value) and classify_sqs_error(raised.value) is Outcome.DEPENDENCY
         assert error_code(raised.value) == {"503": "ServiceUnavailable", "500": "InternalError"}.get(
             fault, "RequestThrottled"
         )
@@ -168,5 +164,76 @@ async def test_requests_carry_a_signature_aws_would_accept(world: World, fast_pa
         with pytest.raises(ClientError) as raised:
             await sqs.send_batch(queue, [entry(9)])
         assert error_code(raised.value) == "SignatureDoesNotMatch"
-        assert not is_unavailable(raised.value) and not is_content_rejected(raised.value)
+        assert not is_unavailable(raised.value) and classify_sqs_error(raised.value) is Outcome.DEPENDENCY
     assert await world.sqs_count(world.command_queue) == 0
+
+
+# Error answers as AWS sends them, in both protocol shapes: (code in the JSON protocol's __type,
+# query-compatible code (x-amzn-query-error header, and the XML <Code>), HTTP status, expected outcome).
+RECORDED_ERRORS = [
+    ("QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue", 400, Outcome.DEPENDENCY),
+    ("AccessDenied", "AccessDenied", 403, Outcome.DEPENDENCY),
+    ("InvalidClientTokenId", "InvalidClientTokenId", 403, Outcome.DEPENDENCY),
+    ("IncompleteSignature", "IncompleteSignature", 400, Outcome.DEPENDENCY),
+    ("OptInRequired", "OptInRequired", 403, Outcome.DEPENDENCY),
+    ("InvalidIdentityToken", "InvalidIdentityToken", 400, Outcome.DEPENDENCY),
+    ("IDPCommunicationError", "IDPCommunicationError", 400, Outcome.DEPENDENCY),
+    ("KmsAccessDenied", "KMS.AccessDeniedException", 400, Outcome.DEPENDENCY),
+    ("KmsDisabled", "KMS.DisabledException", 400, Outcome.DEPENDENCY),
+    ("RequestThrottled", "RequestThrottled", 400, Outcome.DEPENDENCY),
+    ("SomethingNobodyHasSeen", "SomethingNobodyHasSeen", 400, Outcome.DEPENDENCY),
+    ("InvalidMessageContents", "InvalidMessageContents", 400, Outcome.PERMANENT),
+    ("InvalidParameterValue", "InvalidParameterValue", 400, Outcome.PERMANENT),
+    ("BatchRequestTooLong", "AWS.SimpleQueueService.BatchRequestTooLong", 400, Outcome.PERMANENT),
+    ("MissingParameter", "MissingParameter", 400, Outcome.PERMANENT),
+]
+
+
+@asynccontextmanager
+async def recorded_errors(answer: tuple[str, str, int, Outcome]) -> AsyncIterator[str]:
+    """An endpoint that answers every request with one recorded AWS error, in the request's protocol."""
+    from aiohttp import web
+
+    json_code, query_code, status, _ = answer
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        fault = "Sender" if status < 500 else "Receiver"
+        if request.headers.get("X-Amz-Target"):
+            return web.json_response(
+                {"__type": f"com.amazonaws.sqs#{json_code}", "message": f"recorded {json_code}"},
+                status=status,
+                headers={"x-amzn-query-error": f"{query_code};{fault}"},
+                content_type="application/x-amz-json-1.0",
+            )
+        xml = (
+            '<?xml version="1.0"?><ErrorResponse xmlns="http://queue.amazonaws.com/doc/2012-11-05/">'
+            f"<Error><Type>{fault}</Type><Code>{query_code}</Code><Message>recorded {json_code}</Message></Error>"
+            "<RequestId>recorded</RequestId></ErrorResponse>"
+        )
+        return web.Response(status=status, text=xml, content_type="text/xml")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("answer", RECORDED_ERRORS, ids=[a[0] for a in RECORDED_ERRORS])
+async def test_recorded_aws_errors_classified_alike_on_both_paths(
+    fast_path: bool, answer: tuple[str, str, int, Outcome]
+) -> None:
+    async with recorded_errors(answer) as endpoint, gateway(fast_path, endpoint) as sqs:
+        queue = QueueInfo("q", f"{endpoint}/000000000000/q", 262_144, False)
+        with pytest.raises(ClientError) as raised:
+            await sqs.send_batch(queue, [entry(0)])
+    code = error_code(raised.value)
+    assert classify_sqs_error(raised.value) is answer[3], code
+    # Both paths report the query-compatible code (what SQS's own documentation and logs show).
+    assert code == answer[1]
