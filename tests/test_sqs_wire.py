@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
+from aiohttp import web
 from botocore.exceptions import ClientError
 
 from lamassu_aws_connector.config import SqsConfig
@@ -192,8 +193,6 @@ RECORDED_ERRORS = [
 @asynccontextmanager
 async def recorded_errors(answer: tuple[str, str, int, Outcome]) -> AsyncIterator[str]:
     """An endpoint that answers every request with one recorded AWS error, in the request's protocol."""
-    from aiohttp import web
-
     json_code, query_code, status, _ = answer
 
     async def handle(request: web.Request) -> web.Response:
