@@ -61,6 +61,9 @@ log = get_logger(__name__)
 
 _MAX_BATCH_ENTRIES = 10
 COMMAND_QUEUE = "sqs_command_queue"  # the dependency name in /readyz and lamassu_connector_dependency_up
+# An entry that fails while SQS accepted other entries within this window fails on its own (its
+# attempt budget counts); one that fails while SQS accepts nothing is SQS's trouble (held).
+_ACCEPTING_WINDOW_SECONDS = 30.0
 _FIFO_ID = re.compile(r"[A-Za-z0-9!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]{1,128}\Z")
 
 
@@ -75,10 +78,6 @@ class Pending:
     received_at: float
     failed_attempts: int = 0
     log_fields: dict[str, Any] = field(default_factory=dict)
-
-
-class _EntriesPending(Exception):
-    """Some entries of a batch are still to be sent: try again after a backoff."""
 
 
 class ByteBudget:
@@ -246,6 +245,7 @@ class OutboundPipeline:
         )
         self._progress = ProgressWatch(settings.health.stall_seconds)
         self._hold_policy = SQS_HOLD.with_limits(cap=settings.forward.retry_max_backoff_seconds)
+        self._last_accepted = float("-inf")  # when SQS last accepted an entry
 
     async def start(self) -> None:
         self._crash_guard.open()
@@ -464,15 +464,36 @@ class OutboundPipeline:
         )
 
     async def _send_with_retries(self, batch: list[Pending]) -> None:
+        """Send until every entry is settled; what is held is sent again after a backoff (SQS_HOLD),
+        which starts over whenever a round settled something."""
         remaining = await self._send_once(batch)
-        if not remaining:
-            return
-        async for attempt in self._hold_policy.retrying(failed_and(lambda exc: isinstance(exc, _EntriesPending))):
-            with attempt:
-                self._metrics.retries.labels(self._hold_policy.name).inc()
-                remaining = await self._send_once(remaining)
-                if remaining:
-                    raise _EntriesPending
+        failures = 0
+        while remaining:
+            failures += 1
+            self._metrics.retries.labels(self._hold_policy.name).inc()
+            await asyncio.sleep(self._hold_policy.delay(failures))
+            before = len(remaining)
+            remaining = await self._send_round(remaining)
+            if len(remaining) < before:
+                failures = 0
+
+    async def _send_round(self, items: list[Pending]) -> list[Pending]:
+        """A retry round. On a FIFO queue it carries only the first held entry of each message group,
+        so an entry that failed is never overtaken by a later one of its group."""
+        if not self._fifo:
+            return await self._send_once(items)
+        heads: list[Pending] = []
+        groups: set[str] = set()
+        for item in items:
+            group = str(item.entry.get("MessageGroupId", ""))
+            if group not in groups:
+                groups.add(group)
+                heads.append(item)
+        held = await self._send_once(heads)
+        head_ids = {id(head) for head in heads}
+        waiting = [item for item in items if id(item) not in head_ids]
+        order = {id(item): index for index, item in enumerate(items)}
+        return sorted([*held, *waiting], key=lambda item: order[id(item)])
 
     async def _send_split(self, items: list[Pending]) -> list[Pending]:
         """Send each entry alone: each one either goes through, is held, or is dead-lettered.
@@ -508,6 +529,8 @@ class OutboundPipeline:
         successful = response.get("Successful", [])
         if successful:
             self._health.up(COMMAND_QUEUE)
+            self._last_accepted = now
+        sqs_accepting = now - self._last_accepted < _ACCEPTING_WINDOW_SECONDS
         for success in successful:
             item = by_id.pop(int(success["Id"]))
             self._observe_sent(item, success.get("MessageId"))
@@ -526,7 +549,7 @@ class OutboundPipeline:
             code = str(failure.get("Code", "unknown"))
             message = str(failure.get("Message", ""))
             self._metrics.sqs_errors.labels("SendMessageBatchEntry", code).inc()
-            outcome = classify_sqs_entry_failure(code, others_succeeded=bool(successful))
+            outcome = classify_sqs_entry_failure(code, others_succeeded=sqs_accepting)
             if outcome is Outcome.PERMANENT:
                 reason = f"SQS refused the event: {code}: {message}"
                 await self._dead_letter(item.delivery, ErrorCode.SQS_REJECTED, reason, item.log_fields)
@@ -548,7 +571,8 @@ class OutboundPipeline:
         # An entry missing from both lists was not confirmed: send it again.
         retry.extend(by_id.values())
         if self._fifo:
-            retry.sort(key=items.index)  # the order they came in, within every message group
+            order = {id(item): index for index, item in enumerate(items)}
+            retry.sort(key=lambda item: order[id(item)])  # the order they came in, within every group
         return retry
 
     async def _on_send_error(self, items: list[Pending], exc: Exception) -> list[Pending]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aiormq.exceptions import ChannelInvalidStateError
+from aiormq.exceptions import ChannelInvalidStateError, ConnectionClosed
 from botocore.exceptions import ClientError
 
 from lamassu_aws_connector.config import Settings
@@ -49,6 +49,9 @@ class FakeDelivery:
         self.delivery_tag = self._channel.deliver()
         self.headers: dict[str, Any] = {}
         self.message_id = None
+        self.routing_key = "io.lamassu.test"
+        self.exchange = "lamassu-events"
+        self.redelivered = False
 
     @property
     def channel(self) -> FakeChannel:
@@ -139,8 +142,13 @@ async def test_sender_fault_and_exhausted_attempts_are_dead_lettered() -> None:
     await pipeline._send_with_retries(batch)
     await pipeline._acker.flush()
     assert sqs.stored == [raws[1].decode()]
-    assert [(body, code) for body, code, _ in amqp.dead] == [(raws[0], "sqs_rejected"), (raws[2], "sqs_rejected")]
-    assert "after 4 attempt(s)" in amqp.dead[1][2]
+    # The sender fault is the content's; the entry that kept failing alone while SQS took the others
+    # spent its budget. Neither is retried forever, neither takes the batch with it.
+    assert [(body, code) for body, code, _ in amqp.dead] == [
+        (raws[0], "sqs_rejected"),
+        (raws[2], "attempts_exhausted"),
+    ]
+    assert "4 times" in amqp.dead[1][2]
     assert all(item.delivery.acked for item in batch)  # dead-lettered, then acked
 
 
@@ -273,3 +281,120 @@ async def test_a_credentials_refusal_is_retried_not_dead_lettered() -> None:
     assert sorted(sqs.stored) == sorted(raw.decode() for raw in raws)
     assert amqp.dead == []
     assert len(sqs.calls) == 4  # three refusals, then the whole batch went through
+
+
+def _fifo_pipeline(sqs: FlakySqs, amqp: RecordingAmqp) -> OutboundPipeline:
+    settings = Settings(forward={"retry_max_backoff_seconds": 0.01, "linger_ms": 1}, sqs={"fifo_group_by": "type"})
+    queue = QueueInfo(name="cmd.fifo", url="http://sqs/cmd.fifo", max_message_bytes=1_048_576, fifo=True)
+    return OutboundPipeline(settings, amqp, sqs, queue, Metrics())  # type: ignore[arg-type]
+
+
+async def test_a_missing_queue_holds_the_batch_and_reports_the_queue_down() -> None:
+    raws = [samples.body(samples.v1_cert_update(serial=f"4{i}")) for i in range(3)]
+    sqs = RefusingSqs(poison=raws[1].decode(), code="AWS.SimpleQueueService.NonExistentQueue", times=5)
+    amqp = RecordingAmqp()
+    pipeline = _pipeline(sqs, amqp)
+    batch = [_pending(pipeline, raw) for raw in raws]
+    sending = asyncio.create_task(pipeline._send_with_retries(batch))
+    while len(sqs.calls) < 2:
+        await asyncio.sleep(0.005)
+    assert not pipeline._health.is_up("sqs_command_queue")
+    await asyncio.wait_for(sending, 10)
+    await pipeline._acker.flush()
+    assert sorted(sqs.stored) == sorted(raw.decode() for raw in raws)
+    assert amqp.dead == []  # the stream is held, never flushed into the dead-letter queue
+    assert pipeline._health.is_up("sqs_command_queue")
+    assert all(len(call) == 3 for call in sqs.calls)  # never split: not the content's fault
+
+
+async def test_entries_failing_while_sqs_accepts_nothing_are_held_beyond_their_budget() -> None:
+    raw = samples.body(samples.v1_cert_update(serial="50"))
+    sqs = FlakySqs({raw.decode(): 12})  # InternalError for every entry, far beyond max_entry_attempts
+    amqp = RecordingAmqp()
+    pipeline = _pipeline(sqs, amqp, max_entry_attempts=3)
+    item = _pending(pipeline, raw)
+    await asyncio.wait_for(pipeline._send_with_retries([item]), 10)
+    await pipeline._acker.flush()
+    assert sqs.stored == [raw.decode()] and amqp.dead == [] and item.delivery.acked
+
+
+async def test_fifo_split_sends_one_at_a_time_in_order_and_holds_the_rest_of_a_group() -> None:
+    a = [samples.body(samples.v1_cert_update(serial=f"6{i}")) for i in range(4)]
+    sqs = RefusingSqs(poison=a[1].decode())  # the batch is refused for a[1]'s content: split
+    sqs.failures = {a[2].decode(): 2}  # ... and a[2] then fails twice on its own
+    amqp = RecordingAmqp()
+    pipeline = _fifo_pipeline(sqs, amqp)
+    batch = [_pending(pipeline, raw) for raw in a]
+    await asyncio.wait_for(pipeline._send_with_retries(batch), 10)
+    await pipeline._acker.flush()
+    # All four share one message group (same type): a[3] must never overtake a[2].
+    assert sqs.stored == [a[0].decode(), a[2].decode(), a[3].decode()]
+    assert [(body, code) for body, code, _ in amqp.dead] == [(a[1], "sqs_rejected")]
+    singles = [call for call in sqs.calls[1:] if len(call) == 1]
+    assert [call[0] for call in singles][:3] == [a[0].decode(), a[1].decode(), a[2].decode()]
+
+
+class ReplyAmqp:
+    """Publishes as RabbitMQ would, with a scripted failure per routing key."""
+
+    def __init__(self, failures: dict[str, list[Exception]] | None = None, fail_after: float = 0.0) -> None:
+        self.failures = failures or {}
+        self.fail_after = fail_after  # seconds a failing publish takes (a confirm timeout takes long)
+        self.published: list[tuple[str, str, Any]] = []
+        self.connected = True
+
+    async def wait_connected(self) -> None:
+        return None
+
+    async def publish(self, exchange: str, routing_key: str, message: Any) -> None:
+        pending = self.failures.get(routing_key)
+        if pending:
+            await asyncio.sleep(self.fail_after)
+            raise pending.pop(0)
+        self.published.append((exchange, routing_key, message))
+
+
+def _reply(number: int, **overrides: Any) -> dict[str, Any]:
+    event = {**samples.v1_cert_update(f"7{number}"), **overrides}
+    return {"MessageId": f"m{number}", "ReceiptHandle": f"r{number}", "Body": samples.body(event).decode()}
+
+
+def _inbound(amqp: ReplyAmqp, sqs: RecordingSqs, **sqs_settings: Any) -> InboundPipeline:
+    settings = Settings(sqs={"visibility_timeout": 30, **sqs_settings})
+    queue = QueueInfo(name="resp", url="http://sqs/resp", max_message_bytes=1_048_576, fifo=False)
+    return InboundPipeline(settings, amqp, sqs, queue, Metrics())  # type: ignore[arg-type]
+
+
+async def test_replies_amqp_cannot_carry_are_dead_lettered_at_once_and_the_rest_relayed() -> None:
+    amqp, sqs = ReplyAmqp(), RecordingSqs()
+    pipeline = _inbound(amqp, sqs)
+    messages = [_reply(0), _reply(1, id="i" * 300), _reply(2, type="t" * 300), _reply(3)]
+    await asyncio.wait_for(pipeline._handle_batch(messages), 10)
+    dead = [(key, message.headers["x-error-code"]) for exchange, key, message in amqp.published if not exchange]
+    relayed = [routing_key for exchange, routing_key, _ in amqp.published if exchange]
+    assert len(relayed) == 2
+    assert dead == [("lamassu-response.dlq", "amqp_rejected")] * 2
+    assert set().union(*sqs.deleted) == {"r0", "r1", "r2", "r3"}
+
+
+async def test_a_reply_that_keeps_failing_spends_its_budget_and_the_others_are_deleted_first() -> None:
+    stuck_type = "io.lamassu.stuck"
+    amqp = ReplyAmqp({stuck_type: [TimeoutError() for _ in range(10)]}, fail_after=0.6)
+    sqs = RecordingSqs()
+    pipeline = _inbound(amqp, sqs, reply_max_attempts=3)
+    messages = [_reply(0), _reply(1, type=stuck_type)]
+    await asyncio.wait_for(pipeline._handle_batch(messages), 30)
+    # The good reply was deleted while the other one was still being tried.
+    assert sqs.deleted[0] == {"r0"} and sqs.deleted[-1] == {"r1"}
+    [(_, _dlq, letter)] = [p for p in amqp.published if not p[0]]
+    assert letter.headers["x-error-code"] == "attempts_exhausted" and "3 times" in letter.headers["x-error-message"]
+    assert len(amqp.failures[stuck_type]) == 7  # three attempts spent, no more
+
+
+async def test_a_lost_connection_spends_no_attempts() -> None:
+    amqp = ReplyAmqp({"io.lamassu.flaky": [ConnectionClosed(320, "gone") for _ in range(5)]})
+    sqs = RecordingSqs()
+    pipeline = _inbound(amqp, sqs, reply_max_attempts=2)
+    await asyncio.wait_for(pipeline._handle_batch([_reply(0, type="io.lamassu.flaky")]), 60)
+    assert [routing_key for exchange, routing_key, _ in amqp.published] == ["io.lamassu.flaky"]
+    assert sqs.deleted == [{"r0"}]
