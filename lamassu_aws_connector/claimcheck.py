@@ -32,6 +32,7 @@ from botocore.exceptions import ClientError
 
 from .config import ClaimCheckConfig, SqsConfig
 from .events import ParsedEvent, parse_structured
+from .health import S3, DependencyHealth
 from .logs import get_logger
 from .metrics import Metrics
 from .outcomes import S3_PUT, ErrorCode, Outcome, aws_error_code, classify_s3_get_error, failed_and
@@ -114,6 +115,7 @@ class ClaimCheck:
         self._metrics = metrics
         self._stack = AsyncExitStack()
         self._client: Any = None
+        self.health: DependencyHealth | None = None  # told when S3 goes away and comes back
 
     @property
     def enabled(self) -> bool:
@@ -201,6 +203,8 @@ class ClaimCheck:
 
         def retry(exc: BaseException) -> bool:
             self._metrics.s3_errors.labels("PutObject", aws_error_code(exc)).inc()
+            if self.health is not None:
+                self.health.down(S3, aws_error_code(exc), str(exc))
             log.warning(
                 "claimcheck.put_failed",
                 **fields,
@@ -220,6 +224,8 @@ class ClaimCheck:
             if keep_trying():
                 raise
             raise Abandoned(str(exc)) from exc
+        if self.health is not None:
+            self.health.up(S3)
         self._metrics.claim_checked.inc()
         self._metrics.claim_checked_bytes.inc(len(payload))
         log.info("claimcheck.stored", **fields, dataref=url, bytes=len(payload))

@@ -17,6 +17,11 @@ from .metrics import Metrics
 
 log = get_logger(__name__)
 
+# Dependency names, as /readyz checks and the ``dependency`` label.
+COMMAND_QUEUE = "sqs_command_queue"
+RESPONSE_QUEUE = "sqs_response_queue"
+S3 = "s3"
+
 
 @dataclass(slots=True)
 class _State:

@@ -36,7 +36,7 @@ from .claimcheck import ClaimCheck, Unresolvable
 from .config import APP_ID, Settings
 from .correlation import CorrelationTable
 from .events import ParsedEvent, Rejection, is_w3c_traceparent, parse_structured
-from .health import DependencyHealth, ProgressWatch
+from .health import RESPONSE_QUEUE, S3, DependencyHealth, ProgressWatch
 from .logs import get_logger
 from .metrics import Metrics
 from .outcomes import (
@@ -59,8 +59,6 @@ _BATCHES_PER_POLLER = 4
 # A batch whose replies are not all settled after this long has the settled ones deleted already,
 # so a reply that waits (for RabbitMQ, for its attempts) never makes the others come twice.
 _EARLY_DELETE_SECONDS = 1.0
-RESPONSE_QUEUE = "sqs_response_queue"
-S3 = "s3"
 
 
 class _PublishFailed(Exception):

@@ -41,7 +41,7 @@ from .config import APP_ID, Settings
 from .correlation import CorrelationTable, correlation_id
 from .crashguard import CrashGuard, content_key
 from .events import ParsedEvent, Rejection, forbidden_sqs_character, is_w3c_traceparent, parse_amqp
-from .health import DependencyHealth, ProgressWatch
+from .health import COMMAND_QUEUE, DependencyHealth, ProgressWatch
 from .logs import get_logger
 from .metrics import Metrics
 from .outcomes import (
@@ -60,7 +60,6 @@ from .sqs import QueueInfo, SqsGateway, message_attributes_size
 log = get_logger(__name__)
 
 _MAX_BATCH_ENTRIES = 10
-COMMAND_QUEUE = "sqs_command_queue"  # the dependency name in /readyz and lamassu_connector_dependency_up
 # An entry that fails while SQS accepted other entries within this window fails on its own (its
 # attempt budget counts); one that fails while SQS accepts nothing is SQS's trouble (held).
 _ACCEPTING_WINDOW_SECONDS = 30.0

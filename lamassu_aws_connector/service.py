@@ -18,12 +18,12 @@ from .claimcheck import BucketMissing, ClaimCheck
 from .commands import CommandApi
 from .config import Settings
 from .correlation import CorrelationTable
-from .health import DependencyHealth
+from .health import COMMAND_QUEUE, RESPONSE_QUEUE, S3, DependencyHealth
 from .http import OpsServer
-from .inbound import RESPONSE_QUEUE, S3, InboundPipeline
+from .inbound import InboundPipeline
 from .logs import get_logger
 from .metrics import Metrics
-from .outbound import COMMAND_QUEUE, OutboundPipeline
+from .outbound import OutboundPipeline
 from .outcomes import STARTUP, failed_and, is_unavailable
 from .sqs import QueueInfo, SqsGateway
 
@@ -185,6 +185,7 @@ class Service:
         if not config.bucket and not config.resolve_replies:
             return None
         claim_check = await stack.enter_async_context(ClaimCheck(config, self.settings.sqs, self.metrics))
+        claim_check.health = self.health
         if not config.bucket:
             return claim_check
         async for attempt in STARTUP.retrying(

@@ -9,7 +9,10 @@ Faults, chosen per request with the configured probabilities:
 * ``500``: ``InternalError``, status 500, before the request reaches SQS;
 * ``503``: ``ServiceUnavailable``, status 503, before the request reaches SQS;
 * ``throttle``: status 400 with the SQS throttling error (``RequestThrottled``) in the body;
-* ``lost_response``: the request is forwarded, then its answer replaced by a 500.
+* ``lost_response``: the request is forwarded, then its answer replaced by a 500;
+* ``access_denied``: status 403 ``AccessDenied`` (a policy or role changed under the connector);
+* ``invalid_identity_token``: status 400 ``InvalidIdentityToken`` (IRSA: STS refused the token);
+* ``missing_queue``: status 400 ``QueueDoesNotExist`` (query code ``AWS.SimpleQueueService.NonExistentQueue``).
 
 The error body follows the protocol of the request: JSON (``X-Amz-Target`` header) or query/XML.
 
@@ -33,7 +36,8 @@ from botocore.credentials import Credentials
 
 _HOP_BY_HOP = {"connection", "content-length", "transfer-encoding", "content-encoding", "keep-alive"}
 
-FAULTS = ("500", "503", "throttle", "lost_response")
+FAULTS = ("500", "503", "throttle", "lost_response", "access_denied", "invalid_identity_token", "missing_queue")
+_REFUSALS = ("500", "503", "throttle", "access_denied", "invalid_identity_token", "missing_queue")
 
 
 class FaultProxy:
@@ -98,7 +102,7 @@ class FaultProxy:
         if fault is not None:
             self.injected[fault] += 1
             self.by_operation[f"{operation}:{fault}"] += 1
-        if fault in ("500", "503", "throttle"):
+        if fault in _REFUSALS:
             return _error(fault, json_protocol=bool(target))
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
@@ -119,17 +123,21 @@ def _error(fault: str, *, json_protocol: bool) -> web.Response:
         "503": (503, "ServiceUnavailable", "Service is unable to handle request."),
         "throttle": (400, "RequestThrottled", "Rate exceeded"),
         "bad_signature": (403, "SignatureDoesNotMatch", "The request signature we calculated does not match."),
+        "access_denied": (403, "AccessDenied", "Access to the resource is denied."),
+        "invalid_identity_token": (400, "InvalidIdentityToken", "Incorrect token audience"),
+        "missing_queue": (400, "QueueDoesNotExist", "The specified queue does not exist."),
     }[fault]
+    query_code = {"missing_queue": "AWS.SimpleQueueService.NonExistentQueue"}.get(fault, code)
     if json_protocol:
         return web.json_response(
             {"__type": f"com.amazonaws.sqs#{code}", "message": message},
             status=status,
-            headers={"x-amzn-query-error": f"{code};{'Sender' if status < 500 else 'Receiver'}"},
+            headers={"x-amzn-query-error": f"{query_code};{'Sender' if status < 500 else 'Receiver'}"},
             content_type="application/x-amz-json-1.0",
         )
     xml = (
         '<?xml version="1.0"?><ErrorResponse xmlns="http://queue.amazonaws.com/doc/2012-11-05/">'
-        f"<Error><Type>{'Sender' if status < 500 else 'Receiver'}</Type><Code>{code}</Code>"
+        f"<Error><Type>{'Sender' if status < 500 else 'Receiver'}</Type><Code>{query_code}</Code>"
         f"<Message>{message}</Message></Error><RequestId>fault-proxy</RequestId></ErrorResponse>"
     )
     return web.Response(status=status, text=xml, content_type="text/xml")

@@ -60,8 +60,11 @@ REPLY_TYPE = "io.lamassuiot.aws.certificate.revoked"
 # ------------------------------------------------------------------------------------------------
 
 
-def event(run: str, seq: int, event_type: str = EVENT_TYPE) -> bytes:
-    """A Lamassu v3-shaped revocation event carrying its sequence number."""
+def event(run: str, seq: int, event_type: str = EVENT_TYPE, pad: int = 0) -> bytes:
+    """A Lamassu v3-shaped revocation event carrying its sequence number (``pad``: bytes of filler)."""
+    data: dict[str, Any] = {"serial_number": f"{seq:08x}", "status": "REVOKED", "seq": seq, "run": run}
+    if pad:
+        data["pad"] = "p" * pad
     return orjson.dumps(
         {
             "specversion": "1.0",
@@ -71,15 +74,20 @@ def event(run: str, seq: int, event_type: str = EVENT_TYPE) -> bytes:
             "subject": f"cert-{seq:07d}",
             "time": "2026-11-26T09:00:00Z",
             "datacontenttype": "application/json",
-            "data": {"serial_number": f"{seq:08x}", "status": "REVOKED", "seq": seq, "run": run},
+            "data": data,
         }
     )
 
 
 def seq_of(body: str | bytes) -> int | None:
+    """The sequence number of one of our events: its data's ``seq``, else (data claim-checked to
+    S3) its subject ``cert-NNNNNNN``."""
     try:
-        data = orjson.loads(body)["data"]
-        return int(data["seq"])
+        event = orjson.loads(body)
+        if "data" in event:
+            return int(event["data"]["seq"])
+        subject = str(event["subject"])
+        return int(subject.removeprefix("cert-")) if subject.startswith("cert-") else None
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
 
@@ -168,7 +176,10 @@ def _proc_status(pid: int) -> dict[str, int]:
 class Connector:
     """One connector process (restartable); its logs from every run go to one file."""
 
-    def __init__(self, config: dict[str, Any], workdir: Path, name: str = "connector") -> None:
+    def __init__(
+        self, config: dict[str, Any], workdir: Path, name: str = "connector", module: str = "lamassu_aws_connector"
+    ) -> None:
+        self.module = module  # what `python -m` runs: the connector, or a test wrapper around it
         self.config = json.loads(json.dumps(config))
         self.http_port = free_port()
         self.config.setdefault("http", {})["port"] = self.http_port
@@ -196,7 +207,7 @@ class Connector:
         env.update(AWS_ACCESS_KEY_ID=AWS_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=AWS_SECRET, AWS_DEFAULT_REGION="us-east-1")
         with self.log_path.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "lamassu_aws_connector", "run", "--config", str(self.config_path),
+                sys.executable, "-m", self.module, "run", "--config", str(self.config_path),
                 stdout=log, stderr=log, env=env, stdin=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
         self.starts += 1
@@ -348,6 +359,8 @@ class Publisher:
         self.routing_key = routing_key
         self.sent: set[int] = set()
         self.republished = 0  # publishes retried after an error (a duplicate in the queue is possible)
+        self.flowing = asyncio.Event()  # cleared: the stream pauses (a fault needs a quiet moment)
+        self.flowing.set()
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
 
@@ -396,6 +409,7 @@ class Publisher:
             delay = t0 + index / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            await self.flowing.wait()
             await window.acquire()
             tasks.append(asyncio.create_task(one(seq, body)))
         await asyncio.gather(*tasks)
@@ -567,6 +581,7 @@ class Run:
     names: Names
     connectors: list[Connector]
     publisher: Publisher | None = None
+    counter: SqsCounter | None = None
     dead_letters: AmqpCounter | None = None
     cleared_at: float | None = None
     notes: dict[str, Any] = field(default_factory=dict)
@@ -643,6 +658,7 @@ async def outbound_scenario(
     bad: dict[int, tuple[bytes, dict[str, Any]]] | None = None,
     before_stop: Fault | None = None,
     counter_loops: int = 4,
+    pad: int = 0,
 ) -> tuple[Figures, Run]:
     """Stream ``count`` numbered events through the connector(s), inject ``fault``, drain, count.
 
@@ -662,11 +678,11 @@ async def outbound_scenario(
             await connector.start()
         for connector in connectors:
             await connector.wait_ready()
-        counter = SqsCounter(env.sqs, await env.sqs_url(names.command_queue), counter_loops).start()
+        counter = run.counter = SqsCounter(env.sqs, await env.sqs_url(names.command_queue), counter_loops).start()
         await dead_letters.start()
         run.dead_letters = dead_letters
         publisher = run.publisher = await Publisher(env.test_url, names.exchange).open()
-        items = _interleave([(seq, event(names.tag, seq)) for seq in range(count)], bad)
+        items = _interleave([(seq, event(names.tag, seq, pad=pad)) for seq in range(count)], bad)
         watcher = None
         if fault is not None:
             threshold = int(len(items) * fault_at)
