@@ -35,11 +35,9 @@ from .events import ParsedEvent, parse_structured
 from .health import S3, DependencyHealth
 from .logs import get_logger
 from .metrics import Metrics
-from .outcomes import S3_PUT, ErrorCode, Outcome, aws_error_code, classify_s3_get_error, failed_and
+from .outcomes import S3_PUT, Outcome, aws_error_code, classify_s3_get_error, failed_and
 
 log = get_logger(__name__)
-
-DATAREF_UNRESOLVED = ErrorCode.DATAREF_UNRESOLVED.value
 
 
 class Abandoned(Exception):

@@ -18,6 +18,7 @@ from botocore.exceptions import (
 from pamqp.encode import field_table
 
 from lamassu_aws_connector.crashguard import CrashGuard, content_key
+from lamassu_aws_connector.health import DependencyHealth, ProgressWatch
 from lamassu_aws_connector.metrics import Metrics
 from lamassu_aws_connector.outbound import ByteBudget
 from lamassu_aws_connector.outcomes import (
@@ -327,3 +328,30 @@ def test_crash_guard_off_when_it_cannot_write(tmp_path: Path) -> None:
     guard = CrashGuard(str(blocker / "sub"), "q", 3, Metrics())
     guard.open()
     assert not guard.enabled
+
+
+async def test_progress_watch_reports_a_stall_only_while_holding_work() -> None:
+    watch = ProgressWatch(0.05)
+    assert not watch.stalled(holding_work=True)
+    await asyncio.sleep(0.06)
+    assert watch.stalled(holding_work=True)
+    assert not watch.stalled(holding_work=False)  # nothing in hand: idle, not stuck (and the clock restarts)
+    assert not watch.stalled(holding_work=True)
+    await asyncio.sleep(0.06)
+    watch.progressed()
+    assert not watch.stalled(holding_work=True)
+
+
+def test_dependency_health_logs_and_counts_each_change_once() -> None:
+    metrics = Metrics()
+    health = DependencyHealth(metrics, ("sqs_command_queue",))
+    for _ in range(5):
+        health.down("sqs_command_queue", "AWS.SimpleQueueService.NonExistentQueue")
+    assert health.checks() == {"sqs_command_queue": False}
+    sample = metrics.registry.get_sample_value
+    assert sample("lamassu_connector_dependency_up", {"dependency": "sqs_command_queue"}) == 0
+    labels = {"dependency": "sqs_command_queue", "error": "AWS.SimpleQueueService.NonExistentQueue"}
+    assert sample("lamassu_connector_dependency_failures_total", labels) == 1
+    health.up("sqs_command_queue")
+    assert health.is_up("sqs_command_queue")
+    assert sample("lamassu_connector_dependency_up", {"dependency": "sqs_command_queue"}) == 1
