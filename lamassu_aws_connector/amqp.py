@@ -8,6 +8,7 @@ Topology declared through robust channels is restored by aio-pika after a reconn
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,6 +23,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     DeliveryMode,
 )
+from aio_pika.exceptions import ChannelPreconditionFailed
 from aiormq.exceptions import ChannelInvalidStateError
 
 from .config import APP_ID, AmqpConfig, mask_url
@@ -58,12 +60,6 @@ def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
         pending.extend(arg for arg in current.args if isinstance(arg, BaseException))
         pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
     return None
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", "replace")
-    return "" if value is None else str(value)
 
 
 def channel_open(delivery: AbstractIncomingMessage) -> bool:
@@ -189,10 +185,14 @@ class AmqpGateway:
         await self.connection.connected.wait()
 
     async def declare_events_queue(self) -> AbstractQueue:
-        """The durable events queue, bound to every configured exchange with every binding key."""
+        """The durable events queue, bound to every configured exchange with every binding key.
+
+        A queue that already exists with other properties is adopted, with a warning, instead of
+        stopping the connector: Lamassu v1's cloud-proxy declares ``lamassu_events`` non-durable.
+        """
         assert self._consume_channel is not None
+        queue = await self._declare_or_adopt(self._config.queue)
         channel = self._consume_channel
-        queue = await channel.declare_queue(self._config.queue, durable=True)
         for exchange_name in self._config.exchanges:
             exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
             for key in self._config.binding_keys:
@@ -201,6 +201,44 @@ class AmqpGateway:
         await channel.declare_queue(self._config.dead_letter_queue, durable=True)
         self._queue = queue
         return queue
+
+    async def _declare_or_adopt(self, name: str) -> AbstractQueue:
+        assert self.connection is not None and self._consume_channel is not None
+        try:
+            return await self._consume_channel.declare_queue(name, durable=True)
+        except ChannelPreconditionFailed as exc:
+            difference = str(exc)[:300]
+        # The failed declare closed the channel: continue on a fresh one.
+        await self._fresh_consume_channel()
+        assert self._consume_channel is not None
+        try:
+            # As Lamassu v1 declares it; declared (not passive) so a broker restart restores it.
+            queue = await self._consume_channel.declare_queue(name, durable=False)
+            adopted_as = "non-durable"
+        except ChannelPreconditionFailed:
+            await self._fresh_consume_channel()
+            assert self._consume_channel is not None
+            queue = await self._consume_channel.declare_queue(name, passive=True)
+            adopted_as = "as it is (passive)"
+        log.warning(
+            "amqp.events_queue_adopted",
+            queue=name,
+            adopted_as=adopted_as,
+            difference=difference,
+            detail="the queue exists with other properties (Lamassu v1's cloud-proxy declares it non-durable); "
+            "it is used as it is. Messages in a non-durable queue do not survive a broker restart, and "
+            "another consumer of it competes for every event (docs/deployment.md, 'Beside Lamassu v1')",
+        )
+        return queue
+
+    async def _fresh_consume_channel(self) -> None:
+        assert self.connection is not None
+        old = self._consume_channel
+        self._consume_channel = await self.connection.channel()
+        await self._consume_channel.set_qos(prefetch_count=self._config.prefetch)
+        if old is not None and not old.is_closed:
+            with contextlib.suppress(Exception):
+                await old.close()
 
     async def declare_durable_queue(self, name: str) -> None:
         assert self._publish_channel is not None
@@ -238,13 +276,12 @@ class AmqpGateway:
 
     async def dead_letter(self, delivery: AbstractIncomingMessage, queue: str, code: str, reason: str) -> None:
         """Publish a copy of the delivery, with the reason in headers (bounded), to a dead-letter queue."""
-        original = delivery.headers or {}
+        # Where RabbitMQ says it came from: never a header, which any publisher could have set.
         provenance = {
-            # A replayed copy (dlq replay) carries where it first came from: keep that.
-            "x-original-exchange": _text(original.get("x-original-exchange")) or (delivery.exchange or ""),
-            "x-original-routing-key": _text(original.get("x-original-routing-key")) or (delivery.routing_key or ""),
+            "x-original-exchange": delivery.exchange or "",
+            "x-original-routing-key": delivery.routing_key or "",
         }
-        copy = persistent_copy(delivery, dead_letter_headers(code, reason, provenance, original))
+        copy = persistent_copy(delivery, dead_letter_headers(code, reason, provenance, delivery.headers))
         await self.publish("", queue, copy)
 
     async def close(self) -> None:

@@ -122,7 +122,7 @@ class ClaimCheck:
 
     @property
     def reply_buckets(self) -> frozenset[str]:
-        """Buckets a reply's dataref may name; empty: any (then only IAM limits what is read)."""
+        """Buckets a reply's dataref may name: ``bucket`` and ``reply_buckets``, never any other."""
         return frozenset(name for name in (self.config.bucket, *self.config.reply_buckets) if name)
 
     def threshold(self, queue_limit: int) -> int:
@@ -141,12 +141,6 @@ class ClaimCheck:
         self._client = await self._stack.enter_async_context(
             get_session().create_client("s3", region_name=self._sqs.region, endpoint_url=endpoint, config=client_config)
         )
-        if self.config.resolve_replies and not self.reply_buckets:
-            log.warning(
-                "claimcheck.any_reply_bucket",
-                reason="claim_check.resolve_replies is on with no bucket or reply_buckets: replies' datarefs "
-                "are read from any bucket the connector's role can read",
-            )
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -249,9 +243,10 @@ class ClaimCheck:
             return None  # the data is there already; the reference is informational
         bucket, key = parse_s3_url(dataref)
         allowed = self.reply_buckets
-        if allowed and bucket not in allowed:
+        if bucket not in allowed:
             # A reply must not make the connector fetch (and publish) whatever else its role can read.
-            raise Unresolvable(f"{dataref} is outside the buckets replies may name ({', '.join(sorted(allowed))})")
+            names = ", ".join(sorted(allowed)) or "none: set claim_check.bucket or claim_check.reply_buckets"
+            raise Unresolvable(f"{dataref} is outside the buckets replies may name ({names})")
         try:
             response = await self._client.get_object(Bucket=bucket, Key=key)
             size = int(response.get("ContentLength", 0))

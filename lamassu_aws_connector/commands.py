@@ -4,36 +4,49 @@ The request/response form of the two flows, for callers that want an answer now 
 connector's ``GET /v1/config``, generalized): the body is a structured CloudEvent; it is validated
 like an outbound event (envelope, then catalogue data), sent to ``lamassu-command`` with the same
 attributes, and the handler waits for the reply the correlation table matches to it (it is still
-relayed to RabbitMQ as usual). Answers: 200 with the reply, 400 invalid event, 413 too large,
-503 not ready or SQS unreachable, 502 SQS refused it, 504 no reply within
-``http.commands_timeout_seconds``. A reply received by another replica is not seen here (504).
+relayed to RabbitMQ as usual). Answers: 200 with the reply, 400 invalid event or a type that is
+not a tracked command (catalogue commands with a known reply, or ``correlation.command_types``),
+401 without the bearer token (``http.auth_token``), 409 when a caller already waits on the same
+correlation id, 413 too large, 503 not ready or SQS (or S3, for a claim-checked command)
+unreachable, 502 SQS refused it, 504 no reply within ``http.commands_timeout_seconds``. A reply
+received by another replica is not seen here (504).
+
+The event passes the outbound flow's checks (``OutboundPipeline.entry_for``: characters SQS refuses,
+size, claim-check) and its data is always checked against the catalogue, whatever
+``validation.data`` says: a caller waiting for an answer can fix it now.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import time
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from .catalogue import Direction, check_data
+from .claimcheck import Abandoned
 from .correlation import CorrelationTable, correlation_id
 from .events import Rejection, parse_structured
 from .logs import get_logger
 from .metrics import Metrics
 from .outbound import OutboundPipeline
 from .outcomes import ErrorCode, Outcome, aws_error_code, classify_sqs_entry_failure, classify_sqs_error
-from .sqs import QueueInfo, SqsGateway, message_attributes_size
+from .sqs import QueueInfo, SqsGateway
 
 log = get_logger(__name__)
 
 
 class CommandApi:
-    def __init__(self, correlation: CorrelationTable, metrics: Metrics, timeout_seconds: float) -> None:
+    def __init__(
+        self, correlation: CorrelationTable, metrics: Metrics, timeout_seconds: float, token: str | None
+    ) -> None:
         self._correlation = correlation
         self._metrics = metrics
         self._timeout = timeout_seconds
+        self._expected = f"Bearer {token}".encode() if token else None
         self._target: tuple[OutboundPipeline, SqsGateway, QueueInfo] | None = None
 
     def routes(self) -> list[web.RouteDef]:
@@ -43,7 +56,17 @@ class CommandApi:
         """Called once the pipelines run; until then the endpoint answers 503."""
         self._target = (outbound, sqs, queue)
 
+    def _authorized(self, request: web.Request) -> bool:
+        if self._expected is None:  # only possible on a loopback address (config.py)
+            return True
+        given = request.headers.get("Authorization", "").encode()
+        return hmac.compare_digest(given, self._expected)
+
     async def post_command(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            denied = self._answer("unauthorized", 401, {"error": "unauthorized", "message": "bearer token required"})
+            denied.headers["WWW-Authenticate"] = 'Bearer realm="lamassu-aws-connector"'
+            return denied
         if self._target is None:
             return self._answer("unavailable", 503, {"error": "not_ready", "message": "the connector is starting"})
         outbound, sqs, queue = self._target
@@ -52,19 +75,34 @@ class CommandApi:
         except Rejection as rejection:
             return self._answer("invalid", 400, {"error": rejection.code.value, "message": rejection.message})
         event = parsed.event
+        if not self._correlation.tracks(event.type):
+            message = (
+                f"{event.type[:200]!r} is not a tracked command type (catalogue commands with a known reply, "
+                "or correlation.command_types)"
+            )
+            return self._answer("invalid", 400, {"error": "untracked_type", "message": message})
         problem = check_data(event.type, event.data, Direction.COMMAND)
         if problem is not None:
             return self._answer("invalid", 400, {"error": ErrorCode.INVALID_DATA.value, "message": problem})
-        entry = outbound.build_entry(parsed, request.headers)
-        size = len(parsed.body) + message_attributes_size(entry["MessageAttributes"])
-        if size > queue.max_message_bytes:
-            message = f"event is {size} bytes with its attributes; SQS queue {queue.name} accepts at most"
-            body = {"error": ErrorCode.TOO_LARGE.value, "message": f"{message} {queue.max_message_bytes}"}
-            return self._answer("invalid", 413, body)
-        fields = {"event_id": event.id, "event_type": event.type, "queue": queue.name}
         key = correlation_id(event)
+        if self._correlation.awaited(event):
+            message = "a caller already waits for a reply with this correlation id"
+            return self._answer("conflict", 409, {"error": "conflict", "message": message, "correlation_id": key})
+        # Registered before anything is awaited, so a second caller with the same id gets 409.
         reply = self._correlation.wait_for_reply(event)
+        fields = {"event_id": event.id, "event_type": event.type, "queue": queue.name}
+        deadline = time.monotonic() + self._timeout
         try:
+            try:
+                entry, _ = await outbound.entry_for(
+                    parsed, request.headers, fields, lambda: time.monotonic() < deadline
+                )
+            except Rejection as rejection:
+                status = 413 if rejection.code is ErrorCode.TOO_LARGE else 400
+                return self._answer("invalid", status, {"error": rejection.code.value, "message": rejection.message})
+            except Abandoned:
+                body = {"error": "s3_unavailable", "message": "the claim-check store failed"}
+                return self._answer("unavailable", 503, body)
             try:
                 response = await sqs.send_batch(queue, [{"Id": "0", **entry}])
             except Exception as exc:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "LAMASSU_"
@@ -93,10 +93,10 @@ class AmqpConfig(_Section):
     @field_validator("url")
     @classmethod
     def _amqp_scheme(cls, value: str) -> str:
-        scheme = urlsplit(value).scheme
+        scheme = value.partition("://")[0] if "://" in value else urlsplit(value).scheme
         if scheme not in ("amqp", "amqps"):
-            raise ValueError(f"must start with amqp:// or amqps:// (got scheme {scheme!r})")
-        return value
+            raise ValueError(f"must start with amqp:// or amqps:// (got scheme {scheme[:10]!r})")
+        return encode_userinfo(value)
 
     @model_validator(mode="after")
     def _tls_needs_amqps(self) -> AmqpConfig:
@@ -180,12 +180,38 @@ class ShutdownConfig(_Section):
     grace_seconds: float = Field(25.0, ge=0)
 
 
+_LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
 class HttpConfig(_Section):
     host: str = "0.0.0.0"  # noqa: S104 - probes and Prometheus reach the pod from outside
     port: int = Field(8080, ge=0, le=65535)  # 0 picks a free port (tests)
     # POST /v1/commands: send a CloudEvent to the command queue and answer with its reply.
     commands: bool = False
     commands_timeout_seconds: float = Field(30.0, gt=0, le=300)
+    # Bearer token POST /v1/commands requires (the probes and /metrics stay open). Set it through
+    # LAMASSU_HTTP__AUTH_TOKEN or a mounted secret file (auth_token_file), never in the ConfigMap.
+    auth_token: SecretStr | None = None
+    auth_token_file: str | None = None
+
+    @model_validator(mode="after")
+    def _token(self) -> HttpConfig:
+        if self.auth_token_file:
+            try:
+                token = Path(self.auth_token_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"auth_token_file {self.auth_token_file!r} cannot be read: {exc.strerror}") from None
+            if not token:
+                raise ValueError(f"auth_token_file {self.auth_token_file!r} is empty")
+            self.auth_token = SecretStr(token)
+        if self.auth_token is not None and len(self.auth_token.get_secret_value()) < 16:
+            raise ValueError("auth_token must be at least 16 characters")
+        if self.commands and self.auth_token is None and self.host not in _LOOPBACK_HOSTS:
+            raise ValueError(
+                "commands is on and listens beyond loopback: set http.auth_token (or auth_token_file), "
+                "or http.host: 127.0.0.1"
+            )
+        return self
 
 
 class ClaimCheckConfig(_Section):
@@ -199,8 +225,8 @@ class ClaimCheckConfig(_Section):
     # (16 MiB by default since RabbitMQ 4.0), which resolved replies must pass too.
     max_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     resolve_replies: bool = True  # replies with an s3:// dataref get their data back before RabbitMQ
-    # Buckets a reply's dataref may name, beside `bucket`. With neither set, any bucket the role can
-    # read: the IAM policy is then the only limit (a warning says so at start).
+    # Buckets a reply's dataref may name, beside `bucket`. With neither set no dataref is ever
+    # resolved (closed by default): the connector reads nothing from S3.
     reply_buckets: list[str] = Field(default_factory=list)
     server_side_encryption: Literal["AES256", "aws:kms"] = "AES256"
     kms_key_id: str | None = None
@@ -258,18 +284,45 @@ class ConfigError(Exception):
     """A configuration that cannot run; the message names the offending key."""
 
 
+def _split_userinfo(url: str) -> tuple[str, str, str] | None:
+    """(scheme, user info, the rest) of ``scheme://userinfo@rest``; None without user info.
+
+    urlsplit ends the authority at the first ``/``, ``?`` or ``#``, so a password holding one
+    unencoded would be read as a path, query or fragment (and printed). Here the user info runs to
+    the last ``@``: whatever the password holds, it stays on the masked side.
+    """
+    scheme, separator, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not separator or at < 0:
+        return None
+    return scheme, rest[:at], rest[at + 1 :]
+
+
 def mask_url(url: str) -> str:
-    """Replace the password of a URL (amqp://user:secret@host/) by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """Replace the password of a URL (amqp://user:secret@host/) by ``***``, whatever it holds."""
+    split = _split_userinfo(url)
+    if split is None:
         return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username or ''}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    scheme, userinfo, rest = split
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}:***@{rest}" if colon else url
+
+
+# RFC 3986 user info may hold these unencoded (plus letters, digits, "-._~"); "%" keeps what the
+# operator already percent-encoded.
+_USERINFO_SAFE = "!$&'()*+,;=%"
+
+
+def encode_userinfo(url: str) -> str:
+    """Percent-encode what a password may not hold unencoded (``#``, ``/``, ``?``, ``@``, spaces,
+    non-ASCII), so ``amqp://user:pa#ss@host/`` connects instead of being misread."""
+    split = _split_userinfo(url)
+    if split is None:
+        return url
+    scheme, userinfo, rest = split
+    user, colon, password = userinfo.partition(":")
+    encoded = quote(user, safe=_USERINFO_SAFE) + (colon + quote(password, safe=_USERINFO_SAFE) if colon else "")
+    return f"{scheme}://{encoded}@{rest}"
 
 
 def load_settings(path: str | Path | None) -> Settings:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .catalogue import ANSWER_TYPES, REPLY_EXPECTED
+from .catalogue import ANSWER_TYPES, REPLY_EXPECTED, is_known
 from .config import CorrelationConfig
 from .events import CloudEvent
 from .logs import get_logger
@@ -60,6 +60,9 @@ class CorrelationTable:
         self._metrics = metrics
         self._clock = clock
         self._tracks = _matcher(config.command_types)
+        # Metric labels: catalogue types and command types configured by name; anything else is
+        # "other", so no caller or publisher can grow the label series without bound.
+        self._named = frozenset(t for t in config.command_types or () if not any(c in t for c in "*?["))
         # Insertion order is send order, so the oldest entry is always first: expiry is O(expired).
         self._pending: OrderedDict[str, Outstanding] = OrderedDict()
         self._aliases: dict[str, str] = {}  # command id -> key, when the key is a correlationid
@@ -72,6 +75,13 @@ class CorrelationTable:
 
     def tracks(self, event_type: str) -> bool:
         return self._config.enabled and self._tracks(event_type)
+
+    def label(self, event_type: str) -> str:
+        return event_type if event_type in self._named or is_known(event_type) else "other"
+
+    def awaited(self, event: CloudEvent) -> bool:
+        """A ``POST /v1/commands`` caller already waits for a reply with this event's correlation id or id."""
+        return any(key in self._waiters for key in (correlation_id(event), event.id))
 
     def command_sent(self, event: CloudEvent, *, track: bool = False) -> None:
         """SQS confirmed a command: remember it until its reply (a redelivered copy keeps the first time).
@@ -87,7 +97,7 @@ class CorrelationTable:
             return
         while len(self._pending) >= self._config.max_outstanding:
             oldest = self._pop_oldest()
-            self._metrics.commands_evicted.labels(oldest.event_type).inc()
+            self._metrics.commands_evicted.labels(self.label(oldest.event_type)).inc()
             log.warning(
                 "correlation.command_evicted",
                 event_id=oldest.event_id,
@@ -99,7 +109,7 @@ class CorrelationTable:
         self._pending[key] = Outstanding(key, event.id, event.type, now)
         if key != event.id:
             self._aliases[event.id] = key
-        self._metrics.commands_tracked.labels(event.type).inc()
+        self._metrics.commands_tracked.labels(self.label(event.type)).inc()
         self._metrics.commands_outstanding.set(len(self._pending))
 
     def reply_received(self, reply: CloudEvent, fields: dict[str, Any]) -> str:
@@ -118,7 +128,7 @@ class CorrelationTable:
                 continue
             command = self._remove(key)
             latency = now - command.sent_at
-            self._metrics.command_reply_latency.labels(command.event_type).observe(latency)
+            self._metrics.command_reply_latency.labels(self.label(command.event_type)).observe(latency)
             self._metrics.replies_correlated.labels(MATCHED).inc()
             log.info(
                 "correlation.matched",
@@ -152,7 +162,7 @@ class CorrelationTable:
                 break
             self._pop_oldest()
             expired += 1
-            self._metrics.commands_expired.labels(oldest.event_type).inc()
+            self._metrics.commands_expired.labels(self.label(oldest.event_type)).inc()
             log.warning(
                 "correlation.command_expired",
                 event_id=oldest.event_id,

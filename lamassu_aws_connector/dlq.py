@@ -10,12 +10,19 @@ it held when the connection closes.
 Replay is at-least-once: a message is acked in the dead-letter queue only after its new copy was
 confirmed (RabbitMQ publisher confirm, or SQS SendMessage).
 
-* Event dead letters go back to the connector's own queue (``amqp.queue``, through the default
-  exchange), so other Lamassu services bound to the original exchange do not get the event twice;
-  ``to_original`` publishes to ``x-original-exchange`` / ``x-original-routing-key`` instead.
-* Reply dead letters have no AMQP origin: they go back to the SQS queue they were received from
-  (``x-sqs-queue``, else ``sqs.response_queue``) with their SQS message attributes, and take the
-  whole reply flow again (validation, dataref resolution, routing).
+What a dead letter is, and where it may go, is decided by the queue it is read from and by the
+configuration, never by its headers (security.md: any publisher can set headers):
+
+* Messages of ``amqp.reply_dead_letter_queue`` are replies: they go back to ``sqs.response_queue``
+  with their recorded SQS attributes, and take the whole reply flow again (validation, dataref
+  resolution, routing). An ``x-sqs-queue`` header naming another queue is ignored.
+* Any other queue holds events: they go back to the connector's own queue (``amqp.queue``, through
+  the default exchange), so other Lamassu services bound to the original exchange do not get the
+  event twice; ``to_original`` publishes to ``x-original-exchange`` / ``x-original-routing-key``
+  instead, and only to an exchange the connector is configured to consume from.
+* What is sent is validated first (a CloudEvent, as the flows would check it); a message that is
+  not one stays in the dead-letter queue and is reported. Copies carry string headers only
+  (Lamassu v2.5+ consumers requeue anything else forever), without the dead-letter headers.
 """
 
 from __future__ import annotations
@@ -33,15 +40,17 @@ import aio_pika
 import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, DeliveryMode
 
-from .amqp import AmqpGateway, persistent_copy
+from .amqp import AmqpGateway, persistent_copy, string_headers
 from .config import APP_ID, Settings
-from .events import ParsedEvent, Rejection, parse_structured
+from .events import ParsedEvent, Rejection, parse_amqp, parse_structured
 from .metrics import Metrics
+from .outcomes import is_own_header
 from .sqs import SqsGateway
 
 CONNECT_TIMEOUT_SECONDS = 30.0
 SENDER_APP_ID = f"{APP_ID}-cli"  # not APP_ID: the outbound loop guard would skip these
-_STRIPPED_PREFIXES = ("x-error-", "x-dead-lettered-")
+# The SQS attributes a replayed reply may carry (what the connector itself reads from replies).
+_REPLAYED_ATTRIBUTES = ("ce-", "traceparent", "tracestate")
 
 
 class ToolError(Exception):
@@ -77,7 +86,7 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def describe(message: AbstractIncomingMessage, now: dt.datetime | None = None) -> DeadLetter:
+def describe(message: AbstractIncomingMessage, now: dt.datetime | None = None, *, is_reply: bool = False) -> DeadLetter:
     headers = message.headers or {}
     event_type, event_id = _text(message.type), _text(message.message_id)
     try:
@@ -101,7 +110,7 @@ def describe(message: AbstractIncomingMessage, now: dt.datetime | None = None) -
         event_id=event_id,
         age_seconds=age,
         size=len(message.body),
-        is_reply="x-sqs-queue" in headers or "x-sqs-message-id" in headers,
+        is_reply=is_reply,
     )
 
 
@@ -159,7 +168,8 @@ async def list_dead_letters(
                     break
                 held.append(message)
             now = dt.datetime.now(dt.UTC)
-            return depth, [describe(message, now) for message in held]
+            is_reply = name == settings.amqp.reply_dead_letter_queue
+            return depth, [describe(message, now, is_reply=is_reply) for message in held]
         finally:
             await _return_all(held)
 
@@ -182,17 +192,28 @@ class _Replayer:
             await self._sqs.__aexit__(None, None, None)
 
     async def send(self, message: AbstractIncomingMessage, letter: DeadLetter) -> str:
-        """Publish the new copy and wait for its confirm; returns where it went."""
+        """Validate, publish the new copy and wait for its confirm; returns where it went."""
         if letter.is_reply:
             return await self._to_sqs(message)
-        headers = {k: v for k, v in (message.headers or {}).items() if not k.startswith(_STRIPPED_PREFIXES)}
+        headers = string_headers({k: v for k, v in (message.headers or {}).items() if not is_own_header(str(k))})
+        try:
+            parse_amqp(message.body, message.content_type, headers, repair_missing_id=True)
+        except Rejection as rejection:
+            raise ToolError(
+                f"not replayed, still not a valid event: {rejection.code.value}: {rejection.message}"
+            ) from None
         if self._to_original:
-            exchange = _text(headers.pop("x-original-exchange", ""))
-            routing_key = _text(headers.pop("x-original-routing-key", ""))
+            original = message.headers or {}
+            exchange = _text(original.get("x-original-exchange"))
+            routing_key = _text(original.get("x-original-routing-key"))
             if not exchange and not routing_key:
                 raise ToolError("no x-original-exchange / x-original-routing-key header")
+            if exchange and exchange not in self._settings.amqp.exchanges:
+                configured = ", ".join(self._settings.amqp.exchanges)
+                raise ToolError(f"x-original-exchange {exchange!r} is not one of amqp.exchanges ({configured})")
+            if not exchange and routing_key != self._settings.amqp.queue:
+                raise ToolError(f"default-exchange routing key {routing_key!r} is not amqp.queue")
         else:
-            # The x-original-* headers stay, so a second dead-lettering still says where it came from.
             exchange, routing_key = "", self._settings.amqp.queue
         copy = persistent_copy(message, headers)
         await self._gateway.publish(exchange, routing_key, copy)
@@ -200,18 +221,24 @@ class _Replayer:
 
     async def _to_sqs(self, message: AbstractIncomingMessage) -> str:
         headers = message.headers or {}
-        name = _text(headers.get("x-sqs-queue")) or self._settings.sqs.response_queue
+        try:
+            parse_structured(message.body, repair_missing_id=True)
+        except Rejection as rejection:
+            raise ToolError(
+                f"not replayed, still not a valid reply: {rejection.code.value}: {rejection.message}"
+            ) from None
+        name = self._settings.sqs.response_queue
         if self._sqs is None:
             self._sqs = await SqsGateway(self._settings.sqs, Metrics()).__aenter__()
         queue = await self._sqs.resolve(name, create=False)
-        attributes = {
-            key.removeprefix("x-sqs-attribute-"): {"DataType": "String", "StringValue": _text(value)}
-            for key, value in headers.items()
-            if key.startswith("x-sqs-attribute-") and _text(value)
-        }
+        attributes = {}
+        for key, value in headers.items():
+            attribute = str(key).removeprefix("x-sqs-attribute-")
+            if str(key).startswith("x-sqs-attribute-") and attribute.startswith(_REPLAYED_ATTRIBUTES) and _text(value):
+                attributes[attribute] = {"DataType": "String", "StringValue": _text(value)}
         entry: dict[str, Any] = {"Id": "0", "MessageBody": message.body.decode("utf-8")}
         if attributes:
-            entry["MessageAttributes"] = attributes
+            entry["MessageAttributes"] = dict(list(attributes.items())[:10])
         response = await self._sqs.send_batch(queue, [entry])
         if not response.get("Successful"):
             failure = (response.get("Failed") or [{}])[0]
@@ -233,6 +260,7 @@ async def replay(
     result = ReplayResult()
     async with _amqp(settings) as gateway:
         source, depth = await _open_queue(gateway, name)
+        is_reply = name == settings.amqp.reply_dead_letter_queue  # by the queue, never by headers
         replayer = _Replayer(settings, gateway, to_original)
         held: list[AbstractIncomingMessage] = []
         try:
@@ -242,7 +270,7 @@ async def replay(
                 if message is None:
                     break
                 result.seen += 1
-                letter = describe(message)
+                letter = describe(message, is_reply=is_reply)
                 if not _matches(letter, code, type_glob):
                     result.kept += 1
                     held.append(message)

@@ -54,6 +54,7 @@ from .outcomes import (
     classify_sqs_error,
     failed_and,
     is_batch_too_long,
+    strip_own_headers,
 )
 from .sqs import QueueInfo, SqsGateway, message_attributes_size
 
@@ -292,6 +293,10 @@ class OutboundPipeline:
         self._metrics.in_flight.inc()
         size = len(delivery.body)
         self._held[id(delivery)] = size
+        if delivery.headers:
+            forged = strip_own_headers(delivery.headers)
+            if forged:
+                log.warning("outbound.own_headers_removed", **self._delivery_fields(delivery), headers=forged[:10])
         try:
             await self._budget.acquire(size)
             self._metrics.inflight_bytes.set(self._budget.used)
@@ -370,22 +375,40 @@ class OutboundPipeline:
         if invalid_data is not None:
             await self._dead_letter(delivery, ErrorCode.INVALID_DATA, invalid_data, fields)
             return
+        try:
+            entry, size = await self.entry_for(parsed, delivery.headers, fields, lambda: channel_open(delivery))
+        except Rejection as rejection:
+            await self._dead_letter(delivery, rejection.code, rejection.message, fields)
+            return
+        except Abandoned:
+            # The channel is gone: RabbitMQ redelivers the event and it is stored then.
+            self._release(delivery)
+            return
+        self._batcher.add(Pending(delivery, parsed, entry, size, received_at, log_fields=fields))
+
+    def _entry(self, parsed: ParsedEvent, delivery: AbstractIncomingMessage) -> dict[str, Any]:
+        return self.build_entry(parsed, delivery.headers)
+
+    async def entry_for(
+        self,
+        parsed: ParsedEvent,
+        headers: Mapping[str, Any] | None,
+        fields: dict[str, Any],
+        keep_trying: Callable[[], bool],
+    ) -> tuple[dict[str, Any], int]:
+        """The SQS entry of a valid event and its size as SQS counts it, its data stored in S3 first
+        when it is too big (claim-check). The checks every event passes, from RabbitMQ or from
+        ``POST /v1/commands``: raises Rejection (sqs_rejected, too_large), or Abandoned when S3 was
+        away for as long as ``keep_trying()`` held."""
         bad_char = forbidden_sqs_character(parsed.body)
         if bad_char is not None:
             reason = f"event contains the character {bad_char}, which SQS does not accept in a message body"
-            await self._dead_letter(delivery, ErrorCode.SQS_REJECTED, reason, fields)
-            return
-        entry = self._entry(parsed, delivery)
+            raise Rejection(ErrorCode.SQS_REJECTED, reason)
+        entry = self.build_entry(parsed, headers)
         size = len(parsed.body) + message_attributes_size(entry["MessageAttributes"])
+        limit = self._queue.max_message_bytes
         if self._claim_check and size > self._claim_check.threshold(limit):
-            try:
-                checked = await self._claim_check.check_in(
-                    parsed, entry, fields, keep_trying=lambda: channel_open(delivery)
-                )
-            except Abandoned:
-                # The channel is gone: RabbitMQ redelivers the event and it is stored then.
-                self._release(delivery)
-                return
+            checked = await self._claim_check.check_in(parsed, entry, fields, keep_trying=keep_trying)
             if checked is not None:
                 entry = checked
                 size = len(entry["MessageBody"].encode()) + message_attributes_size(entry["MessageAttributes"])
@@ -393,12 +416,8 @@ class OutboundPipeline:
             reason = f"event is {size} bytes with its attributes; SQS queue {self._queue.name} accepts at most {limit}"
             if "ce-dataref" in entry["MessageAttributes"]:
                 reason = f"even without its data (stored in S3) the event is {size} bytes; the limit is {limit}"
-            await self._dead_letter(delivery, ErrorCode.TOO_LARGE, reason, fields)
-            return
-        self._batcher.add(Pending(delivery, parsed, entry, size, received_at, log_fields=fields))
-
-    def _entry(self, parsed: ParsedEvent, delivery: AbstractIncomingMessage) -> dict[str, Any]:
-        return self.build_entry(parsed, delivery.headers)
+            raise Rejection(ErrorCode.TOO_LARGE, reason)
+        return entry, size
 
     def build_entry(self, parsed: ParsedEvent, headers: Mapping[str, Any] | None) -> dict[str, Any]:
         """The SendMessageBatch entry (without Id) for an event; ``headers``: its transport headers."""

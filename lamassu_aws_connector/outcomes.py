@@ -220,6 +220,20 @@ OWN_HEADER_PREFIXES = ("x-error-", "x-original-", "x-sqs-", "x-dead-letter")
 DROPPED_HEADERS_NOTE = "x-dead-letter-dropped-headers"
 
 
+def is_own_header(name: str) -> bool:
+    return name.lower().startswith(OWN_HEADER_PREFIXES)
+
+
+def strip_own_headers(headers: dict[str, Any]) -> list[str]:
+    """Remove, in place, the headers in the connector's namespaces from a consumed message: only the
+    connector writes those (dead-letter provenance), so on anything it consumes they are forged or
+    stale. Returns the names removed."""
+    forged = [name for name in headers if is_own_header(str(name))]
+    for name in forged:
+        del headers[name]
+    return forged
+
+
 def _utf8_cut(text: str, limit: int) -> str:
     data = text.encode("utf-8")
     if len(data) <= limit:
@@ -270,7 +284,7 @@ def dead_letter_headers(
     kept: dict[str, str] = {}
     for name, value in (original or {}).items():
         key = str(name)
-        if key.lower().startswith(OWN_HEADER_PREFIXES) or len(key.encode()) > SHORTSTR_MAX_BYTES:
+        if is_own_header(key) or len(key.encode()) > SHORTSTR_MAX_BYTES:
             continue
         kept[key] = _utf8_cut(_header_text(value), HEADER_VALUE_MAX_BYTES)
     for name, value in (droppable or {}).items():

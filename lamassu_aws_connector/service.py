@@ -46,12 +46,13 @@ class Service:
         self.sqs: SqsGateway | None = None
         self.correlation = CorrelationTable(settings.correlation, self.metrics)
         dependencies: tuple[str, ...] = (COMMAND_QUEUE, RESPONSE_QUEUE)
-        if settings.claim_check.bucket or settings.claim_check.resolve_replies:
+        if settings.claim_check.bucket or settings.claim_check.reply_buckets:
             dependencies += (S3,)
         self.health = DependencyHealth(self.metrics, dependencies)
         self.commands: CommandApi | None = None
         if settings.http.commands:
-            self.commands = CommandApi(self.correlation, self.metrics, settings.http.commands_timeout_seconds)
+            token = settings.http.auth_token.get_secret_value() if settings.http.auth_token else None
+            self.commands = CommandApi(self.correlation, self.metrics, settings.http.commands_timeout_seconds, token)
         routes = self.commands.routes() if self.commands is not None else []
         self.http = OpsServer(settings.http, self.metrics, self.readiness, routes)
         self.metrics.build_info.labels(version=__version__).set(1)
@@ -180,9 +181,12 @@ class Service:
         raise AssertionError("unreachable")
 
     async def _claim_check(self, stack: AsyncExitStack) -> ClaimCheck | None:
-        """The S3 client when a claim-check bucket is set or replies are resolved; the bucket must exist."""
+        """The S3 client when a claim-check bucket or reply buckets are set; the bucket must exist.
+
+        Datarefs are closed by default: with neither set, nothing is ever read from S3 (a reply's
+        dataref is relayed as it came)."""
         config = self.settings.claim_check
-        if not config.bucket and not config.resolve_replies:
+        if not config.bucket and not config.reply_buckets:
             return None
         claim_check = await stack.enter_async_context(ClaimCheck(config, self.settings.sqs, self.metrics))
         claim_check.health = self.health

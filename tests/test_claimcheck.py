@@ -168,8 +168,8 @@ async def test_dataref_replies_get_their_data_back(world: World, s3_bucket: tupl
     missing = {**reply, "id": "r-2", "dataref": f"s3://{bucket}/replies/nothing-here"}
     huge = {**reply, "id": "r-3", "dataref": f"s3://{bucket}/replies/huge"}
     observer = await bind_observer(world)
-    # resolve_replies is on by default, and needs no bucket of the connector's own.
-    async with running(world.settings(claim_check={"max_bytes": 400_000})) as service:
+    # Resolving needs no bucket of the connector's own, only the bucket named as one replies may use.
+    async with running(world.settings(claim_check={"max_bytes": 400_000, "reply_buckets": [bucket]})) as service:
         await send_replies(world, [orjson.dumps(reply), orjson.dumps(missing), orjson.dumps(huge)])
         [relayed] = await world.take_amqp(observer.name, 1)
         dead = await world.take_amqp(world.reply_dlq, 2)
@@ -205,3 +205,23 @@ async def test_replies_may_name_only_the_configured_buckets(world: World, s3_buc
     assert dead.headers["x-error-code"] == "dataref_unresolved"
     assert "outside the buckets replies may name" in str(dead.headers["x-error-message"])
     assert await world.sqs_count(world.response_queue) == 0
+
+
+@pytest.mark.integration
+async def test_datarefs_are_closed_by_default(world: World, s3_bucket: tuple[str, Any]) -> None:
+    bucket, s3 = s3_bucket
+    await s3.put_object(Bucket=bucket, Key="replies/secret", Body=b'{"private": "key material"}')
+    reply = {
+        "specversion": "1.0",
+        "id": "r-closed",
+        "source": "aws/lambda",
+        "type": "io.lamassu.iotcore.cert.response",
+        "dataref": f"s3://{bucket}/replies/secret",
+    }
+    observer = await bind_observer(world)
+    async with running(world.settings()) as service:  # no claim_check.bucket, no reply_buckets
+        await send_replies(world, [orjson.dumps(reply)])
+        [relayed] = await world.take_amqp(observer.name, 1)
+        assert metric(service, "replies_resolved") == 0
+        assert "s3" not in service.readiness()
+    assert orjson.loads(relayed.body) == reply  # relayed as it came: nothing was read from S3

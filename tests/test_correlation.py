@@ -271,14 +271,27 @@ def _ca_cert() -> str:
 async def test_commands_api_round_trip_invalid_and_timeout(world: World) -> None:
     await bind_observer(world, "#")
     seen: list[dict[str, Any]] = []
-    settings = world.settings(http={"commands": True, "commands_timeout_seconds": 1.0})
+    token = "t0ken-for-the-command-api"
+    settings = world.settings(http={"commands": True, "commands_timeout_seconds": 1.0, "auth_token": token})
     async with running(settings) as service:
         lambda_task = asyncio.create_task(
             fake_lambda(world, {"io.lamassu.iotcore.config.request": v1_config_reply}, seen)
         )
         base = f"http://127.0.0.1:{service.http.port}/v1/commands"
         try:
-            async with aiohttp.ClientSession() as session:
+            async with aiohttp.ClientSession() as anonymous:
+                for headers in ({}, {"Authorization": "Bearer wrong-token-of-some-length"}, {"Authorization": token}):
+                    command = event("io.lamassu.iotcore.config.request")
+                    async with anonymous.post(base, data=samples.body(command), headers=headers) as response:
+                        assert response.status == 401
+                        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+                async with anonymous.get(f"http://127.0.0.1:{service.http.port}/readyz") as response:
+                    assert response.status == 200  # the probes and /metrics stay open
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
+                untracked = event("io.lamassu.whatever.i.like")
+                async with session.post(base, data=samples.body(untracked)) as response:
+                    assert response.status == 400
+                    assert (await response.json())["error"] == "untracked_type"
                 command = event("io.lamassu.iotcore.config.request")
                 async with session.post(
                     base, data=samples.body(command), headers={"traceparent": samples.W3C_TRACEPARENT}
@@ -301,7 +314,12 @@ async def test_commands_api_round_trip_invalid_and_timeout(world: World) -> None
                     assert body["error"] == "invalid_data" and "data.device_id is missing" in body["message"]
 
                 unanswered = event("io.lamassu.iotcore.thing.config.request", data={"device_id": "d"})
+                first = asyncio.create_task(session.post(base, data=samples.body(unanswered)))
+                await wait_for(lambda: service.correlation.awaited(parse_structured(samples.body(unanswered)).event))
                 async with session.post(base, data=samples.body(unanswered)) as response:
+                    assert response.status == 409  # the same correlation id is already awaited
+                    assert (await response.json())["correlation_id"] == unanswered["id"]
+                async with await first as response:
                     assert response.status == 504
                     assert (await response.json())["correlation_id"] == unanswered["id"]
         finally:
@@ -309,8 +327,10 @@ async def test_commands_api_round_trip_invalid_and_timeout(world: World) -> None
             with contextlib.suppress(asyncio.CancelledError):
                 await lambda_task
         assert metric(service, "api_commands", outcome="replied") == 1
-        assert metric(service, "api_commands", outcome="invalid") == 2
+        assert metric(service, "api_commands", outcome="invalid") == 3
         assert metric(service, "api_commands", outcome="timeout") == 1
+        assert metric(service, "api_commands", outcome="unauthorized") == 3
+        assert metric(service, "api_commands", outcome="conflict") == 1
         assert metric(service, "replies_correlated", outcome="matched") == 1
     assert len(seen) == 2  # the invalid ones never reached SQS
 

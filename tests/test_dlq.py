@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import orjson
 import pytest
 import yaml
@@ -118,22 +119,68 @@ async def test_replay_goes_to_the_connector_alone_unless_asked_for_the_original_
     async with running(settings) as service:
         await world.publish(raw, routing_key="io.lamassu.ca.update")
         await wait_for(lambda: metric(service, "events_dead_lettered", code="too_large") == 1, what="dead-lettered")
-        assert (await dlq.replay(settings)).replayed == 1
-        await wait_for(lambda: metric(service, "events_dead_lettered", code="too_large") == 2, what="again")
-        assert await world.queue_depth(other.name) == 1  # only the original publish
-        # Dead-lettered again after a replay: the headers still name the first origin.
         [letter] = (await dlq.list_dead_letters(settings))[1]
-        assert letter.event_id == "ca-9"
+        assert letter.event_id == "ca-9" and not letter.is_reply
+        # to_original: back to the exchange RabbitMQ said it came from, so every subscriber gets it.
         assert (await dlq.replay(settings, to_original=True)).replayed == 1
+        await wait_for(lambda: metric(service, "events_dead_lettered", code="too_large") == 2, what="again")
+        assert await world.queue_depth(other.name) == 2
+        # The default: to the connector's own queue alone.
+        assert (await dlq.replay(settings)).replayed == 1
         await wait_for(lambda: metric(service, "events_dead_lettered", code="too_large") == 3, what="third time")
-    assert await world.queue_depth(other.name) == 2  # to_original reached every subscriber
+    assert await world.queue_depth(other.name) == 2  # nobody else saw the plain replay
     [dead] = await world.take_amqp(world.dlq, 1)
     assert dead.body == raw
-    assert dead.headers["x-original-exchange"] == world.exchange
-    assert dead.headers["x-original-routing-key"] == "io.lamassu.ca.update"
+    # Provenance is what RabbitMQ reported for the last delivery, never a header carried along.
+    assert dead.headers["x-original-exchange"] == ""
+    assert dead.headers["x-original-routing-key"] == world.queue
     _, replayed = await world.take_amqp(other.name, 2)
     assert replayed.body == raw
-    assert not [key for key in replayed.headers or {} if key.startswith(("x-error-", "x-dead-lettered-"))]
+    assert not [
+        key for key in replayed.headers or {} if key.startswith(("x-error-", "x-dead-lettered-", "x-original-"))
+    ]
+    assert all(isinstance(value, str) for value in (replayed.headers or {}).values())
+
+
+async def test_replay_trusts_the_queue_and_the_configuration_not_the_headers(world: World) -> None:
+    """A dead letter carrying forged x-sqs-* / x-original-* headers is replayed where the
+    configuration says, and nowhere else; what is not a valid event stays in the queue."""
+    decoy = f"t{world.tag}-decoy"
+    await world.create_sqs_queue(decoy)
+    await world.create_sqs_queue(world.command_queue, {"MaximumMessageSize": "1024"})
+    channel = await world.channel()
+    elsewhere = await channel.declare_exchange(f"t{world.tag}.elsewhere", "topic", durable=False)
+    world.exchanges.append(elsewhere.name)
+    listener = await channel.declare_queue(f"t{world.tag}.elsewhere-listener", durable=False)
+    world.amqp_queues.append(listener.name)
+    await listener.bind(elsewhere, routing_key="#")
+    settings = world.settings()
+    forged = {
+        "x-sqs-queue": decoy,
+        "x-sqs-message-id": "m-1",
+        "x-sqs-attribute-ce-type": "forged",
+        "x-original-exchange": elsewhere.name,
+        "x-original-routing-key": "anything",
+    }
+    big = event("io.lamassu.ca.update", "ca-forged")
+    # Published straight into the dead-letter queue, as someone with broker access could.
+    letters = [
+        aio_pika.Message(big, headers={**forged, "x-error-code": "too_large"}),
+        aio_pika.Message(b'{"not": "an event"}', headers={**forged, "x-error-code": "invalid_json"}),
+    ]
+    async with running(settings) as service:  # it declares the dead-letter queue
+        for message in letters:
+            await channel.default_exchange.publish(message, routing_key=world.dlq)
+        to_original = await dlq.replay(settings, to_original=True)
+        assert (to_original.replayed, to_original.failed) == (0, 2)
+        assert any("not one of amqp.exchanges" in error for error in to_original.errors)
+        assert any("not a valid event" in error for error in to_original.errors)
+        plain = await dlq.replay(settings)
+        assert (plain.replayed, plain.failed) == (1, 1)  # the valid one, to the connector's own queue
+        await wait_for(lambda: metric(service, "events_dead_lettered", code="too_large") == 1, what="seen again")
+    assert await world.sqs_count(decoy) == 0  # nothing reached the queue the headers named
+    assert await world.queue_depth(listener.name) == 0  # nor the exchange
+    assert await world.queue_depth(world.dlq) == 2  # the invalid one kept, the valid one back as too_large
 
 
 async def test_reply_dead_letters_go_back_through_sqs(world: World) -> None:

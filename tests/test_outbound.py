@@ -305,3 +305,38 @@ async def test_events_published_while_stopped_are_forwarded_after_start(world: W
     async with running(world.settings()):
         received = await world.take_sqs(world.command_queue, 25)
     assert sorted(m["Body"].encode() for m in received) == sorted(events)
+
+
+async def test_starts_beside_a_v1_cloud_proxy_queue_declared_non_durable(world: World) -> None:
+    channel = await world.channel()
+    await channel.declare_queue(world.queue, durable=False)  # as Lamassu v1's cloud-proxy declares it
+    v1 = samples.body(samples.v1_cert_update())
+    async with running(world.settings()) as service:
+        assert service.readiness()["amqp_consumer"]
+        await world.publish(v1, exchange="", content_type="text/json")  # v1: default exchange
+        [forwarded] = await world.take_sqs(world.command_queue, 1)
+        await wait_for(lambda: metric(service, "events_forwarded") == 1, what="forwarded")
+    assert forwarded["Body"] == v1.decode()
+
+
+async def test_forged_provenance_headers_are_removed_before_anything_reads_them(world: World) -> None:
+    forged = {
+        "x-sqs-queue": "attacker-queue",
+        "x-sqs-attribute-ce-type": "io.lamassu.evil",
+        "x-original-exchange": "amq.topic",
+        "x-original-routing-key": "somewhere.else",
+        "x-error-code": "none",
+        "x-dead-lettered-by": "someone",
+        "x-kept": "yes",
+    }
+    raw = samples.body({**samples.v1_cert_update(), "time": "yesterday"})  # to be dead-lettered
+    async with running(world.settings()):
+        await world.publish(raw, exchange="", content_type="text/json", headers=forged)
+        [dead] = await world.take_amqp(world.dlq, 1)
+    headers = dead.headers or {}
+    assert headers["x-error-code"] == "invalid_attribute"
+    assert headers["x-original-exchange"] == "" and headers["x-original-routing-key"] == world.queue
+    assert "x-sqs-queue" not in headers and "x-sqs-attribute-ce-type" not in headers
+    assert headers["x-dead-lettered-by"] == "lamassu-aws-connector"
+    assert headers["x-kept"] == "yes"
+    assert all(isinstance(value, str) for value in headers.values())  # watermill's rule
