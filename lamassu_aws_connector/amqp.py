@@ -103,6 +103,8 @@ class AmqpGateway:
         self._exchanges: dict[str, AbstractExchange] = {}
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
+        self._fleet_channel: AbstractRobustChannel | None = None
+        self._fleet_exchange: AbstractExchange | None = None
         self._closing = False
 
     def _ssl_context(self) -> ssl.SSLContext | None:
@@ -253,6 +255,25 @@ class AmqpGateway:
     async def consume(self, handler: Handler) -> None:
         assert self._queue is not None
         self._consumer_tag = await self._queue.consume(handler)
+
+    async def consume_fanout(self, exchange: str, handler: Handler) -> None:
+        """Consume a durable fanout exchange through a queue of this process alone (server-named,
+        exclusive, auto-deleted with the connection; restored by aio-pika after a reconnect).
+
+        A channel of its own, without confirms: the announcements published there are best effort."""
+        assert self.connection is not None
+        channel = await self.connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=100)
+        self._fleet_exchange = await channel.declare_exchange(exchange, aio_pika.ExchangeType.FANOUT, durable=True)
+        queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+        await queue.bind(self._fleet_exchange)
+        await queue.consume(handler, no_ack=True)
+        self._fleet_channel = channel
+
+    async def publish_unconfirmed(self, exchange: str, message: aio_pika.Message) -> None:
+        """Publish on the fanout channel without waiting for a confirm (announcements only)."""
+        assert self._fleet_exchange is not None and self._fleet_exchange.name == exchange
+        await self._fleet_exchange.publish(message, routing_key="")
 
     async def cancel_consumer(self) -> None:
         if self._queue is not None and self._consumer_tag is not None:

@@ -158,6 +158,10 @@ class CorrelationConfig(_Section):
     command_types: list[str] | None = None
     max_outstanding: int = Field(10_000, ge=1, le=10_000_000)
     timeout_seconds: float = Field(300.0, gt=0)
+    # Replicas announce tracked commands and relayed replies to each other on this fanout exchange
+    # (fleet.py), so correlation and POST /v1/commands work whichever replica receives a reply.
+    fleet: bool = True
+    fleet_exchange: str = Field("lamassu-aws-connector.fleet", min_length=1)
 
 
 class LogConfig(_Section):

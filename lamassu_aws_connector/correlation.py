@@ -8,9 +8,16 @@ reply id.
 
 Outcomes are metrics and log lines: matched (with the command->reply latency by command type),
 orphan (a reply that claims to answer something - it carries a correlation extension or is a known
-answer type - with no outstanding command: it came late, after a restart, or to another replica),
-unsolicited (an AWS notification that answers nothing), expired and evicted commands. The table is
-per process and in memory: it measures, it never blocks or drops an event.
+answer type - with no outstanding command: it came late, or after a restart), unsolicited (an AWS
+notification that answers nothing), expired and evicted commands. The table is in memory: it
+measures, it never blocks or drops an event.
+
+Replicas act as one (fleet.py): every replica announces the tracked commands SQS confirmed and the
+replies it relayed on a fanout exchange, and every replica keeps every replica's outstanding
+commands. Each outcome is counted once across the fleet: matched, expired, evicted and tracked by
+the replica that sent the command (its *owner*), orphan and unsolicited by the replica that relayed
+the reply; summing a metric over the replicas gives the fleet's figure. A ``POST /v1/commands``
+caller is answered by its replica whichever replica received the reply.
 """
 
 from __future__ import annotations
@@ -48,6 +55,11 @@ class Outstanding:
     event_id: str
     event_type: str
     sent_at: float
+    owned: bool = True  # sent by this replica (counted here), else announced by another one
+
+
+# What a replica announces to the others (fleet.py): (kind, payload).
+Announce = Callable[[str, dict[str, Any]], None]
 
 
 class CorrelationTable:
@@ -69,6 +81,13 @@ class CorrelationTable:
         self._sweeper: asyncio.Task[None] | None = None
         # POST /v1/commands callers waiting for a reply, by correlation id and by command id.
         self._waiters: dict[str, asyncio.Future[CloudEvent]] = {}
+        self._announce: Announce | None = None  # set when replicas share outcomes (fleet.py)
+        self._owned = 0  # entries this replica sent: the commands_outstanding gauge (sums over replicas)
+
+    def join_fleet(self, announce: Announce) -> None:
+        """From now on commands and replies are announced to every replica, and replies are
+        processed when their announcement comes back (``on_reply_announced``), here as everywhere."""
+        self._announce = announce
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -90,13 +109,24 @@ class CorrelationTable:
         """
         if not (self.tracks(event.type) or (track and self._config.enabled)):
             return
+        key = correlation_id(event)
+        if self._remember(key, event.id, event.type, owned=True) and self._announce is not None:
+            self._announce("command", {"key": key, "event_id": event.id, "event_type": event.type})
+
+    def on_command_announced(self, key: str, event_id: str, event_type: str) -> None:
+        """Another replica sent a tracked command: keep it, so its reply is no orphan here."""
+        if self._config.enabled:
+            self._remember(key, event_id, event_type, owned=False)
+
+    def _remember(self, key: str, event_id: str, event_type: str, *, owned: bool) -> bool:
         now = self._clock()
         self.expire(now)
-        key = correlation_id(event)
         if key in self._pending:
-            return
+            return False
         while len(self._pending) >= self._config.max_outstanding:
             oldest = self._pop_oldest()
+            if not oldest.owned:
+                continue
             self._metrics.commands_evicted.labels(self.label(oldest.event_type)).inc()
             log.warning(
                 "correlation.command_evicted",
@@ -106,14 +136,30 @@ class CorrelationTable:
                 waited_seconds=round(now - oldest.sent_at, 3),
                 reason=f"more than correlation.max_outstanding={self._config.max_outstanding} commands await a reply",
             )
-        self._pending[key] = Outstanding(key, event.id, event.type, now)
-        if key != event.id:
-            self._aliases[event.id] = key
-        self._metrics.commands_tracked.labels(self.label(event.type)).inc()
-        self._metrics.commands_outstanding.set(len(self._pending))
+        self._pending[key] = Outstanding(key, event_id, event_type, now, owned)
+        if key != event_id:
+            self._aliases[event_id] = key
+        if owned:
+            self._owned += 1
+            self._metrics.commands_tracked.labels(self.label(event_type)).inc()
+            self._metrics.commands_outstanding.set(self._owned)
+        return True
 
     def reply_received(self, reply: CloudEvent, fields: dict[str, Any]) -> str:
-        """Match a relayed reply to its command; returns matched, orphan or unsolicited."""
+        """A reply was relayed here: match it to its command; returns matched, orphan or unsolicited.
+
+        In a fleet it is announced instead, and matched when the announcement comes back (to every
+        replica, this one included): returns "announced".
+        """
+        if self._announce is not None and self._config.enabled:
+            self._announce("reply", {"reply": reply, "queue": fields.get("queue", "")})
+            return "announced"
+        return self._match(reply, fields, relayed_here=True)
+
+    def on_reply_announced(self, reply: CloudEvent, fields: dict[str, Any], *, relayed_here: bool) -> str:
+        return self._match(reply, fields, relayed_here=relayed_here)
+
+    def _match(self, reply: CloudEvent, fields: dict[str, Any], *, relayed_here: bool) -> str:
         claimed = [reply.extension(name) for name in ("correlationid", "causationid")]
         candidates = [str(value) for value in claimed if value not in (None, "")]
         if self._waiters:
@@ -127,6 +173,8 @@ class CorrelationTable:
             if key is None:
                 continue
             command = self._remove(key)
+            if not command.owned:
+                return "answered_elsewhere"  # its owner counts it
             latency = now - command.sent_at
             self._metrics.command_reply_latency.labels(self.label(command.event_type)).observe(latency)
             self._metrics.replies_correlated.labels(MATCHED).inc()
@@ -139,13 +187,15 @@ class CorrelationTable:
                 latency_seconds=round(latency, 3),
             )
             return MATCHED
+        if not relayed_here:
+            return "relayed_elsewhere"  # the relaying replica counts what answers nothing
         if candidates or reply.type in ANSWER_TYPES:
             self._metrics.replies_correlated.labels(ORPHAN).inc()
             log.warning(
                 "correlation.orphan_reply",
                 **fields,
                 correlation_id=candidates[0] if candidates else reply.id,
-                reason="no outstanding command matches (late, sent before a restart, or by another replica)",
+                reason="no outstanding command matches, on any replica (late, or sent before a restart)",
             )
             return ORPHAN
         self._metrics.replies_correlated.labels(UNSOLICITED).inc()
@@ -161,6 +211,8 @@ class CorrelationTable:
             if oldest.sent_at > cutoff:
                 break
             self._pop_oldest()
+            if not oldest.owned:
+                continue  # its owner counts it
             expired += 1
             self._metrics.commands_expired.labels(self.label(oldest.event_type)).inc()
             log.warning(
@@ -171,8 +223,6 @@ class CorrelationTable:
                 timeout_seconds=self._config.timeout_seconds,
                 reason="no reply arrived in time",
             )
-        if expired:
-            self._metrics.commands_outstanding.set(len(self._pending))
         return expired
 
     def wait_for_reply(self, event: CloudEvent) -> asyncio.Future[CloudEvent]:
@@ -212,14 +262,19 @@ class CorrelationTable:
 
     def _pop_oldest(self) -> Outstanding:
         _, command = self._pending.popitem(last=False)
-        self._aliases.pop(command.event_id, None)
+        self._forget(command)
         return command
 
     def _remove(self, key: str) -> Outstanding:
         command = self._pending.pop(key)
-        self._aliases.pop(command.event_id, None)
-        self._metrics.commands_outstanding.set(len(self._pending))
+        self._forget(command)
         return command
+
+    def _forget(self, command: Outstanding) -> None:
+        self._aliases.pop(command.event_id, None)
+        if command.owned:
+            self._owned -= 1
+            self._metrics.commands_outstanding.set(self._owned)
 
 
 def _matcher(patterns: list[str] | None) -> Callable[[str], bool]:

@@ -155,6 +155,13 @@ class Metrics:
             "Deliveries that were being handled when the connector died (crash guard strikes)",
             registry=r,
         )
+        self.fleet_announcements = Counter(
+            "lamassu_connector_fleet_announcements",
+            "Correlation announcements between replicas (fleet.py) by kind (command, reply) and outcome "
+            "(sent, received, failed, dropped)",
+            ["kind", "outcome"],
+            registry=r,
+        )
         self.inflight_bytes = Gauge(
             "lamassu_connector_outbound_in_flight_bytes",
             "Bytes of AMQP bodies received and not yet settled (amqp.max_in_flight_bytes)",

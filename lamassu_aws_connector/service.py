@@ -18,6 +18,7 @@ from .claimcheck import BucketMissing, ClaimCheck
 from .commands import CommandApi
 from .config import Settings
 from .correlation import CorrelationTable
+from .fleet import Fleet
 from .health import COMMAND_QUEUE, RESPONSE_QUEUE, S3, DependencyHealth
 from .http import OpsServer
 from .inbound import InboundPipeline
@@ -138,6 +139,13 @@ class Service:
             )
             self.correlation.start()
             stack.push_async_callback(self.correlation.stop)
+            if settings.correlation.enabled and settings.correlation.fleet:
+                fleet = Fleet(settings, amqp, self.correlation, self.metrics)
+                try:
+                    await fleet.start()
+                except Exception as exc:
+                    raise StartupError(f"cannot set up the AMQP topology: {exc}") from exc
+                stack.push_async_callback(fleet.stop)
             if self.commands is not None:
                 self.commands.attach(self.outbound, sqs, command_queue)
             try:
