@@ -122,7 +122,8 @@ async def test_13_three_replicas_answer_every_command_and_count_each_once(env: E
         env.sqs_endpoint,
         http={"commands": True, "auth_token": TOKEN, "commands_timeout_seconds": 30},
         correlation={"fleet_exchange": f"r{names.tag}.fleet"},
-        sqs={"wait_time_seconds": 2},
+        # A reply the killed replica held comes back to the others within 10 s, inside the callers' 30 s.
+        sqs={"wait_time_seconds": 2, "visibility_timeout": 10},
     )
     replicas = [Connector(config, env.workdir / names.tag, f"replica-{i}") for i in range(3)]
     observer = ReplyCollector(env.test_url, names.reply_exchange, names.reply_count_queue)
