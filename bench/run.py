@@ -9,6 +9,7 @@ them). Figures (see docs/performance.md for what each means and the targets):
   latency    steady offered load (200 msgs/s, 60 s): publish -> visible to a long-polling consumer
   reply      N replies pre-loaded in SQS: connector until all confirmed in RabbitMQ and deleted,
              beside a raw ReceiveMessage + DeleteMessageBatch loop with the same number of pollers
+  replicas   (only when asked: --only replicas) the reply flow with 1 and with 3 replicas
   idle       an idle connector: ReceiveMessage calls per minute per poller, CPU %
   memory     peak RSS while draining a large backlog
 
@@ -331,7 +332,7 @@ async def latency_once(rate: float, seconds: float, figures: Figures) -> None:
         await broker.delete([queue_name, f"{queue_name}.dlq", f"{queue_name}.rdlq"], [exchange_name])
 
 
-async def reply_once(variant: str, count: int, figures: Figures) -> None:
+async def reply_once(variant: str, count: int, figures: Figures, replicas: int = 1) -> None:
     async with Broker() as broker, sqs_client() as sqs:
         response = unique("rsp")
         url = await create_sqs_queue(sqs, response)
@@ -352,22 +353,32 @@ async def reply_once(variant: str, count: int, figures: Figures) -> None:
         await queue.bind(exchange, "#")
         queue_name, exchange_name = await broker.events_queue([])
         command = unique("cmd")
-        connector = Connector(
-            queue=queue_name, exchanges=[exchange_name], command=command, response=response,
-            reply_exchange=reply_exchange,
-        )  # fmt: skip
+        connectors = [
+            Connector(
+                queue=queue_name,
+                exchanges=[exchange_name],
+                command=command,
+                response=response,
+                reply_exchange=reply_exchange,
+            )  # fmt: skip
+            for _ in range(replicas)
+        ]
         started = time.monotonic()
-        connector.start()
+        for connector in connectors:
+            connector.start()
         try:
 
             async def relayed() -> bool:
                 return await broker.depth(landing) >= count and await sqs_depth(sqs, url, invisible=True) == 0
 
             finished = await wait_until(relayed, count / 40 + 120, f"{count} replies relayed and deleted")
-            figures.add("connector replies msgs/s", count / (finished - started))
-            figures.add("connector replies cpu µs/msg", cpu_seconds(connector.pid) / count * 1e6)
+            suffix = "" if replicas == 1 else f" ({replicas} replicas)"
+            figures.add(f"connector replies msgs/s{suffix}", count / (finished - started))
+            cpu = sum(cpu_seconds(connector.pid) for connector in connectors)
+            figures.add(f"connector replies cpu µs/msg{suffix}", cpu / count * 1e6)
         finally:
-            connector.stop()
+            for connector in connectors:
+                connector.stop()
         await sqs.delete_queue(QueueUrl=url)
         await sqs.delete_queue(QueueUrl=(await sqs.get_queue_url(QueueName=command))["QueueUrl"])
         await broker.delete(
@@ -476,6 +487,9 @@ def table(figures: Figures, args: argparse.Namespace) -> str:
     row("raw receive+delete msgs/s")
     ratio("reply / raw", "connector replies msgs/s", "raw receive+delete msgs/s", "target ≥ 0.90")
     row("connector replies cpu µs/msg")
+    row("connector replies msgs/s (3 replicas)", "one SQS queue, three processes")
+    ratio("replies 3 replicas / 1", "connector replies msgs/s (3 replicas)", "connector replies msgs/s", "scaling")
+    row("connector replies cpu µs/msg (3 replicas)", "summed over the three")
     row("idle ReceiveMessage /min/poller", "target ≤ 3")
     row("idle CPU %", "target < 1")
     row("backlog msgs/s")
@@ -518,6 +532,11 @@ async def main() -> None:
             steps += [
                 ("reply connector", lambda: reply_once("connector", args.reply_events, figures)),
                 ("reply raw", lambda: reply_once("raw", args.reply_events, figures)),
+            ]
+        if "replicas" in only:  # the reply flow with 1 and 3 replicas (fleet announcements on)
+            steps += [
+                ("reply 1 replica", lambda: reply_once("connector", args.reply_events, figures)),
+                ("reply 3 replicas", lambda: reply_once("connector", args.reply_events, figures, replicas=3)),
             ]
         if "latency" in only:
             steps.append(("latency", lambda: latency_once(args.latency_rate, args.latency_seconds, figures)))
