@@ -360,7 +360,7 @@ async def reply_once(variant: str, count: int, figures: Figures, replicas: int =
                 command=command,
                 response=response,
                 reply_exchange=reply_exchange,
-            )  # fmt: skip
+            )
             for _ in range(replicas)
         ]
         started = time.monotonic()
