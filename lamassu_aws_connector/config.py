@@ -8,6 +8,7 @@ JSON (``LAMASSU_AMQP__EXCHANGES='["lamassu-events","lamassu"]'``).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
@@ -167,6 +168,9 @@ class CorrelationConfig(_Section):
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console", "auto"] = "auto"
+    # One info line with the counts and rates of both flows this often (0: never); the line per
+    # forwarded event or relayed reply is at debug level.
+    summary_seconds: float = Field(60.0, ge=0)
 
     @field_validator("level", "format", mode="before")
     @classmethod
@@ -355,10 +359,31 @@ def load_settings(path: str | Path | None) -> Settings:
     )
     if unknown:
         raise ConfigError(f"unknown configuration section in environment variable(s): {', '.join(unknown)}")
+    misspelled = _single_underscore_overrides(os.environ)
+    if misspelled:
+        hints = ", ".join(f"{name} (did you mean {fixed}?)" for name, fixed in misspelled)
+        raise ConfigError(f"environment variable(s) not read: nested keys take two underscores: {hints}")
     try:
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+
+
+def _single_underscore_overrides(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """LAMASSU_AMQP_URL and the like: meant as an override, silently ignored without this check."""
+    found = []
+    for name in environ:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or "__" in upper:
+            continue
+        rest = upper[len(ENV_PREFIX) :].lower()
+        for section, field in Settings.model_fields.items():
+            model = field.annotation
+            if rest.startswith(section + "_") and isinstance(model, type) and issubclass(model, BaseModel):
+                key = rest[len(section) + 1 :]
+                if key in model.model_fields:
+                    found.append((name, f"{ENV_PREFIX}{section.upper()}__{key.upper()}"))
+    return sorted(found)
 
 
 def _describe(exc: ValidationError) -> str:

@@ -282,7 +282,7 @@ class InboundPipeline:
         item.settled = True
         self._metrics.replies_relayed.inc()
         self._metrics.inbound_latency.observe(time.monotonic() - item.received_at)
-        log.info(
+        log.debug(
             "inbound.relayed",
             **fields,
             sqs_message_id=item.sqs_message_id,

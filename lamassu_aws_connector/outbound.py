@@ -555,7 +555,7 @@ class OutboundPipeline:
             if self._ack(item.delivery, item.log_fields):
                 self._metrics.events_forwarded.inc()
                 self._metrics.outbound_latency.observe(now - item.received_at)
-                log.info(
+                log.debug(
                     "outbound.forwarded",
                     **item.log_fields,
                     sqs_queue=self._queue.name,

@@ -23,7 +23,7 @@ from .health import COMMAND_QUEUE, RESPONSE_QUEUE, S3, DependencyHealth
 from .http import OpsServer
 from .inbound import InboundPipeline
 from .logs import get_logger
-from .metrics import Metrics
+from .metrics import Metrics, counter_total
 from .outbound import OutboundPipeline
 from .outcomes import STARTUP, failed_and, is_unavailable
 from .sqs import QueueInfo, SqsGateway
@@ -155,6 +155,9 @@ class Service:
                 raise StartupError(f"cannot set up the AMQP topology: {exc}") from exc
             self.started.set()
             log.info("connector.started")
+            if settings.log.summary_seconds > 0:
+                summary = asyncio.create_task(self._summarize(settings.log.summary_seconds), name="summary")
+                stack.callback(summary.cancel)
             await self._stop.wait()
             log.info("connector.stopping", grace_seconds=settings.shutdown.grace_seconds)
             try:
@@ -167,6 +170,33 @@ class Service:
                 await asyncio.gather(self.outbound.abort(), self.inbound.abort())
         log.info("connector.stopped")
         return 0
+
+    async def _summarize(self, interval: float) -> None:
+        """One info line per interval: what both flows did since the last one, and the rates."""
+        m = self.metrics
+        counters = {
+            "consumed": m.events_consumed,
+            "forwarded": m.events_forwarded,
+            "skipped": m.events_skipped,
+            "dead_lettered": m.events_dead_lettered,
+            "replies_received": m.replies_received,
+            "replies_relayed": m.replies_relayed,
+            "replies_dead_lettered": m.replies_dead_lettered,
+        }
+        last = {name: counter_total(counter) for name, counter in counters.items()}
+        while True:
+            await asyncio.sleep(interval)
+            now = {name: counter_total(counter) for name, counter in counters.items()}
+            delta = {name: int(now[name] - last[name]) for name in counters}
+            last = now
+            log.info(
+                "connector.summary",
+                interval_seconds=interval,
+                **delta,
+                forwarded_per_second=round(delta["forwarded"] / interval, 2),
+                relayed_per_second=round(delta["replies_relayed"] / interval, 2),
+                down=sorted(name for name, ok in self.readiness().items() if not ok),
+            )
 
     async def _drain(self) -> None:
         assert self.outbound is not None and self.inbound is not None

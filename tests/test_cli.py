@@ -101,7 +101,9 @@ def test_version() -> None:
 @pytest.mark.integration
 async def test_daemon_forwards_then_stops_cleanly_on_sigterm(world: World, tmp_path: Path) -> None:
     http_port = free_port()
-    settings = world.settings(log={"format": "json", "level": "info"}, http={"host": "127.0.0.1", "port": http_port})
+    settings = world.settings(
+        log={"format": "json", "level": "debug", "summary_seconds": 0.5}, http={"host": "127.0.0.1", "port": http_port}
+    )
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
     process = await asyncio.create_subprocess_exec(
@@ -120,6 +122,7 @@ async def test_daemon_forwards_then_stops_cleanly_on_sigterm(world: World, tmp_p
         await wait_for(lambda: connector_ready(http_port), 30, "the connector ready")
         await world.publish(samples.body(event), routing_key="device.create")
         [message] = await world.take_sqs(world.command_queue, 1)
+        await asyncio.sleep(1.2)  # long enough for two summary lines (every 0.5 s)
         process.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(process.wait(), settings.shutdown.grace_seconds + 5)
     finally:
@@ -133,6 +136,9 @@ async def test_daemon_forwards_then_stops_cleanly_on_sigterm(world: World, tmp_p
     assert forwarded[0]["event_type"] == "device.create"
     assert forwarded[0]["queue"] == world.queue
     assert forwarded[0]["sqs_message_id"] == message["MessageId"]
+    assert forwarded[0]["level"] == "debug"  # one line per event only at debug; the summary at info
+    summaries = [line for line in lines if line["event"] == "connector.summary"]
+    assert summaries and sum(line["forwarded"] for line in summaries) == 1 and summaries[0]["level"] == "info"
     assert any(line["event"] == "connector.stopped" for line in lines)
     password = AMQP_URL.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
     assert f":{password}@" not in stderr
