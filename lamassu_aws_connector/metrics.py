@@ -1,8 +1,24 @@
-"""Prometheus metrics, one registry per running service (tests run several in one process)."""
+"""Prometheus metrics, one registry per running service (tests run several in one process).
+
+Per Prometheus conventions: every label set that can occur with a bounded label (dead-letter codes,
+skip reasons, outcomes, retry policies) exists at 0 from the start, so an ``increase()`` alert sees
+the first occurrence after a restart; no ``*_created`` series; the process collector
+(``process_*``); event-type labels only for catalogue types, every other type as ``other``.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
+
+from .outcomes import ErrorCode
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+SKIP_REASONS = ("loop_guard", "type_not_forwarded")
+API_OUTCOMES = ("replied", "timeout", "invalid", "unavailable", "rejected", "unauthorized", "conflict")
+CORRELATION_OUTCOMES = ("matched", "orphan", "unsolicited")
+RETRY_POLICIES = ("sqs_hold", "reply_publish", "poller")
+OTHER_TYPE = "other"  # the event_type label of every type the catalogue does not know
 
 
 def counter_total(counter: Counter) -> float:
@@ -23,7 +39,10 @@ class Metrics:
             "lamassu_connector_events_consumed", "AMQP deliveries taken from the events queue", registry=r
         )
         self.events_forwarded = Counter(
-            "lamassu_connector_events_forwarded", "Events confirmed by SQS and acked", registry=r
+            "lamassu_connector_events_forwarded",
+            "Events confirmed by SQS and acked, by type (catalogue types, else other)",
+            ["event_type"],
+            registry=r,
         )
         self.events_skipped = Counter(
             "lamassu_connector_events_skipped",
@@ -188,3 +207,19 @@ class Metrics:
         self.s3_errors = Counter(
             "lamassu_connector_s3_errors", "S3 calls that failed", ["operation", "code"], registry=r
         )
+        ProcessCollector(registry=r)
+        self._preinitialise()
+
+    def _preinitialise(self) -> None:
+        for code in ErrorCode:
+            self.events_dead_lettered.labels(code.value)
+            self.replies_dead_lettered.labels(code.value)
+        for reason in SKIP_REASONS:
+            self.events_skipped.labels(reason)
+        for outcome in API_OUTCOMES:
+            self.api_commands.labels(outcome)
+        for outcome in CORRELATION_OUTCOMES:
+            self.replies_correlated.labels(outcome)
+        for policy in RETRY_POLICIES:
+            self.retries.labels(policy)
+        self.events_forwarded.labels(OTHER_TYPE)

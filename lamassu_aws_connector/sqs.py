@@ -98,7 +98,8 @@ class SqsGateway:
     async def __aexit__(self, *exc_info: object) -> None:
         await self._stack.aclose()
 
-    async def _call(self, operation: str, **params: Any) -> dict[str, Any]:
+    async def _call(self, operation: str, expected: frozenset[str] = frozenset(), **params: Any) -> dict[str, Any]:
+        """One SQS call; ``expected``: error codes that are an answer, not an error (not counted)."""
         self._metrics.sqs_calls.labels(operation).inc()
         try:
             if self._wire is not None and operation in WIRE_OPERATIONS:
@@ -106,6 +107,9 @@ class SqsGateway:
             else:
                 result = await getattr(self._client, _snake(operation))(**params)
         except Exception as exc:
+            if error_code(exc) in expected:
+                self._set_available(True)
+                raise
             self._metrics.sqs_errors.labels(operation, error_code(exc)).inc()
             if is_unavailable(exc):
                 self._set_available(False)
@@ -121,7 +125,9 @@ class SqsGateway:
     async def resolve(self, name: str, *, create: bool) -> QueueInfo:
         """Find a queue (creating it when allowed) and read its size limit and FIFO flag."""
         try:
-            url = (await self._call("GetQueueUrl", QueueName=name))["QueueUrl"]
+            # With create, "no such queue" is the expected answer of a first start, not an error.
+            expected = frozenset(_NOT_FOUND_CODES) if create else frozenset()
+            url = (await self._call("GetQueueUrl", expected, QueueName=name))["QueueUrl"]
         except ClientError as exc:
             if error_code(exc) not in _NOT_FOUND_CODES:
                 raise

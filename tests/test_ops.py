@@ -12,11 +12,13 @@ import aiohttp
 import pytest
 import yaml
 
+from lamassu_aws_connector.outcomes import ErrorCode
 from lamassu_aws_connector.service import Service
 
 from . import samples
 from .conftest import AMQP_URL, SQS_ENDPOINT, World, connector_ready, running, wait_for
 from .tcpproxy import TcpProxy
+from .test_outbound import metric
 from .tls_broker import free_port
 
 pytestmark = pytest.mark.integration
@@ -94,6 +96,21 @@ async def _ready_status(service: Service, expected: int) -> bool:
     return (await get(service, "/readyz"))[0] == expected
 
 
+async def test_metrics_follow_prometheus_conventions_from_the_first_scrape(world: World) -> None:
+    async with running(world.settings()) as service:
+        _, text = await get(service, "/metrics")
+    # Every dead-letter code and skip reason exists at 0 before its first occurrence, so an
+    # increase() alert sees the first dead letter after a restart.
+    for code in ErrorCode:
+        assert f'lamassu_connector_events_dead_lettered_total{{code="{code.value}"}} 0.0' in text, code
+        assert f'lamassu_connector_replies_dead_lettered_total{{code="{code.value}"}} 0.0' in text, code
+    assert 'lamassu_connector_events_skipped_total{reason="type_not_forwarded"} 0.0' in text
+    assert "_created" not in text
+    assert "process_resident_memory_bytes" in text and "process_cpu_seconds_total" in text
+    # A fresh local start (queues created on the way) counts no error.
+    assert "lamassu_connector_sqs_errors_total{" not in text
+
+
 async def test_metrics_move_with_traffic(world: World) -> None:
     async with running(world.settings()) as service:
         status, before = await get(service, "/metrics")
@@ -104,13 +121,13 @@ async def test_metrics_move_with_traffic(world: World) -> None:
         await world.publish(b"not json", routing_key="device.create")
         await world.take_sqs(world.command_queue, 5)
         await world.take_amqp(world.dlq, 1)
-        await wait_for(
-            lambda: service.metrics.registry.get_sample_value("lamassu_connector_events_forwarded_total") == 5,
-            what="5 forwarded",
-        )
+        await wait_for(lambda: metric(service, "events_forwarded") == 5, what="5 forwarded")
         _, after = await get(service, "/metrics")
     forwarded = "lamassu_connector_events_forwarded_total"
-    assert scrape(after, forwarded) - scrape(before, forwarded) == 5
+    assert (
+        scrape(after, forwarded, event_type="device.create") - scrape(before, forwarded, event_type="device.create")
+        == 5
+    )
     assert scrape(after, "lamassu_connector_events_consumed_total") == 6
     assert scrape(after, "lamassu_connector_events_dead_lettered_total", code="invalid_json") == 1
     calls = "lamassu_connector_sqs_calls_total"

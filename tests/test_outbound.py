@@ -24,8 +24,14 @@ pytestmark = pytest.mark.integration
 
 
 def metric(service: Service, name: str, **labels: str) -> float:
-    value = service.metrics.registry.get_sample_value(f"lamassu_connector_{name}_total", labels)
-    return value or 0.0
+    """A counter's value, summed over the label sets that carry ``labels`` (all of them when none)."""
+    full = f"lamassu_connector_{name}_total"
+    return sum(
+        sample.value
+        for family in service.metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == full and all(sample.labels.get(key) == value for key, value in labels.items())
+    )
 
 
 def attributes(message: dict[str, Any]) -> dict[str, str]:
