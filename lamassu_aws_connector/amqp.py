@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import aio_pika
 from aio_pika.abc import (
+    AbstractChannel,
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
@@ -255,6 +256,28 @@ class AmqpGateway:
     async def consume(self, handler: Handler) -> None:
         assert self._queue is not None
         self._consumer_tag = await self._queue.consume(handler)
+
+    async def queue_depths(self, names: list[str]) -> dict[str, tuple[int, int]]:
+        """(messages ready, consumers) of each queue that exists, on channels of their own: a passive
+        declare of a missing queue closes its channel, never the consumer's."""
+        assert self.connection is not None
+        depths: dict[str, tuple[int, int]] = {}
+        channel: AbstractChannel | None = None
+        try:
+            for name in names:
+                if channel is None or channel.is_closed:
+                    channel = await self.connection.channel(publisher_confirms=False)
+                try:
+                    declared = await (await channel.get_underlay_channel()).queue_declare(name, passive=True)
+                except Exception as exc:  # no such queue (the channel closed; the next name gets a new one)
+                    log.debug("amqp.depth_unavailable", queue=name, error=repr(exc)[:200])
+                    continue
+                depths[name] = (int(declared.message_count or 0), int(declared.consumer_count or 0))
+        finally:
+            if channel is not None and not channel.is_closed:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+        return depths
 
     async def consume_fanout(self, exchange: str, handler: Handler) -> None:
         """Consume a durable fanout exchange through a queue of this process alone (server-named,

@@ -182,6 +182,9 @@ class HealthConfig(_Section):
     # A flow that holds work and settles nothing for this long turns /readyz false (outbound_progress,
     # reply_progress): stuck, not merely slow.
     stall_seconds: float = Field(120.0, ge=5)
+    # The queue depth gauges (RabbitMQ passive declares, SQS GetQueueAttributes) are sampled this often;
+    # 0: never.
+    depth_seconds: float = Field(60.0, ge=0)
 
 
 class ShutdownConfig(_Section):

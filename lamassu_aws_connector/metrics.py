@@ -189,6 +189,19 @@ class Metrics:
             ["kind", "outcome"],
             registry=r,
         )
+        self.queue_depth = Gauge(
+            "lamassu_connector_queue_depth",
+            "Messages waiting, sampled every health.depth_seconds: the events queue and both dead-letter "
+            "queues (side=amqp), the SQS command and response queues (side=sqs)",
+            ["side", "queue"],
+            registry=r,
+        )
+        self.queue_in_flight = Gauge(
+            "lamassu_connector_queue_in_flight",
+            "SQS messages received by a consumer and not yet deleted (ApproximateNumberOfMessagesNotVisible)",
+            ["queue"],
+            registry=r,
+        )
         self.inflight_bytes = Gauge(
             "lamassu_connector_outbound_in_flight_bytes",
             "Bytes of AMQP bodies received and not yet settled (amqp.max_in_flight_bytes)",

@@ -9,6 +9,7 @@ whatever is still unsettled then is not acked, so RabbitMQ delivers it again lat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -155,9 +156,7 @@ class Service:
                 raise StartupError(f"cannot set up the AMQP topology: {exc}") from exc
             self.started.set()
             log.info("connector.started")
-            if settings.log.summary_seconds > 0:
-                summary = asyncio.create_task(self._summarize(settings.log.summary_seconds), name="summary")
-                stack.callback(summary.cancel)
+            self._start_background(stack, command_queue, response_queue)
             await self._stop.wait()
             log.info("connector.stopping", grace_seconds=settings.shutdown.grace_seconds)
             try:
@@ -170,6 +169,33 @@ class Service:
                 await asyncio.gather(self.outbound.abort(), self.inbound.abort())
         log.info("connector.stopped")
         return 0
+
+    def _start_background(self, stack: AsyncExitStack, command_queue: QueueInfo, response_queue: QueueInfo) -> None:
+        """The periodic depth samples and summary line, cancelled on the way out."""
+        settings = self.settings
+        if settings.health.depth_seconds > 0:
+            depths = self._sample_depths(settings.health.depth_seconds, command_queue, response_queue)
+            stack.callback(asyncio.create_task(depths, name="depths").cancel)
+        if settings.log.summary_seconds > 0:
+            summary = self._summarize(settings.log.summary_seconds)
+            stack.callback(asyncio.create_task(summary, name="summary").cancel)
+
+    async def _sample_depths(self, interval: float, command_queue: QueueInfo, response_queue: QueueInfo) -> None:
+        """The depth gauges, at a low rate: a dashboard's view of both sides without a second tool."""
+        assert self.amqp is not None and self.sqs is not None
+        amqp = self.settings.amqp
+        names = [amqp.queue, amqp.dead_letter_queue, amqp.reply_dead_letter_queue]
+        while True:
+            with contextlib.suppress(Exception):  # a sample missed is a gauge a minute old, nothing more
+                if self.amqp.connected:
+                    for name, (ready, _) in (await self.amqp.queue_depths(names)).items():
+                        self.metrics.queue_depth.labels("amqp", name).set(ready)
+            for queue in (command_queue, response_queue):
+                with contextlib.suppress(Exception):
+                    visible, hidden = await self.sqs.depth(queue)
+                    self.metrics.queue_depth.labels("sqs", queue.name).set(visible)
+                    self.metrics.queue_in_flight.labels(queue.name).set(hidden)
+            await asyncio.sleep(interval)
 
     async def _summarize(self, interval: float) -> None:
         """One info line per interval: what both flows did since the last one, and the rates."""

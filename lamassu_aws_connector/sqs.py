@@ -147,6 +147,14 @@ class SqsGateway:
             fifo=attrs.get("FifoQueue", "false").lower() == "true",
         )
 
+    async def depth(self, queue: QueueInfo) -> tuple[int, int]:
+        """(visible, in flight) messages of a queue, as SQS approximates them."""
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        attributes = (await self._call("GetQueueAttributes", QueueUrl=queue.url, AttributeNames=names)).get(
+            "Attributes", {}
+        )
+        return int(attributes.get(names[0], 0)), int(attributes.get(names[1], 0))
+
     async def send_batch(self, queue: QueueInfo, entries: list[dict[str, Any]]) -> dict[str, Any]:
         self._metrics.batch_size.observe(len(entries))
         return await self._call("SendMessageBatch", QueueUrl=queue.url, Entries=entries)

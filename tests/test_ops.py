@@ -226,3 +226,21 @@ async def _depth_is_zero(world: World) -> bool:
 
 async def _depth_is(world: World, expected: int) -> bool:
     return await world.queue_depth(world.queue) == expected
+
+
+async def test_queue_depths_of_both_sides_are_sampled(world: World) -> None:
+    async with running(world.settings(health={"depth_seconds": 0.2})) as service:
+        for _ in range(2):
+            await world.publish(b"not json", routing_key="device.create")
+        await world.publish(samples.body(samples.v3_device_create()), routing_key="device.create")
+        gauge = service.metrics.registry.get_sample_value
+        await wait_for(
+            lambda: gauge("lamassu_connector_queue_depth", {"side": "amqp", "queue": world.dlq}) == 2,
+            what="the dead-letter queue's depth sampled",
+        )
+        await wait_for(
+            lambda: gauge("lamassu_connector_queue_depth", {"side": "sqs", "queue": world.command_queue}) == 1,
+            what="the command queue's depth sampled",
+        )
+        assert gauge("lamassu_connector_queue_depth", {"side": "amqp", "queue": world.queue}) == 0
+        assert gauge("lamassu_connector_queue_in_flight", {"queue": world.response_queue}) == 0
