@@ -12,9 +12,9 @@ answer type - with no outstanding command: it came late, or after a restart), un
 notification that answers nothing), expired and evicted commands. The table is in memory: it
 measures, it never blocks or drops an event.
 
-Replicas act as one (fleet.py): every replica announces the tracked commands SQS confirmed and the
-replies it relayed on a fanout exchange, and every replica keeps every replica's outstanding
-commands. Each outcome is counted once across the fleet: matched, expired, evicted and tracked by
+Replicas act as one (fleet.py): every replica announces the tracked commands SQS confirmed on a
+fanout exchange, and keeps every replica's outstanding commands; a reply to a command another
+replica sent is announced to the fleet so its owner gets it. Each outcome is counted once across the fleet: matched, expired, evicted and tracked by
 the replica that sent the command (its *owner*), orphan and unsolicited by the replica that relayed
 the reply; summing a metric over the replicas gives the fleet's figure. A ``POST /v1/commands``
 caller is answered by its replica whichever replica received the reply.
@@ -148,13 +148,27 @@ class CorrelationTable:
     def reply_received(self, reply: CloudEvent, fields: dict[str, Any]) -> str:
         """A reply was relayed here: match it to its command; returns matched, orphan or unsolicited.
 
-        In a fleet it is announced instead, and matched when the announcement comes back (to every
-        replica, this one included): returns "announced".
+        In a fleet, a reply to a command another replica sent is announced to the fleet instead
+        (its owner counts it and answers its caller) and "announced" is returned; every other reply
+        is settled here, without a message: most replies cost the fleet nothing.
         """
         if self._announce is not None and self._config.enabled:
-            self._announce("reply", {"reply": reply, "queue": fields.get("queue", "")})
-            return "announced"
+            key = self._lookup(reply)
+            if key is not None and not self._pending[key].owned:
+                self._remove(key)
+                self._announce("reply", {"reply": reply, "queue": fields.get("queue", "")})
+                return "announced"
         return self._match(reply, fields, relayed_here=True)
+
+    def _lookup(self, reply: CloudEvent) -> str | None:
+        for name in ("correlationid", "causationid"):
+            value = reply.extension(name)
+            if value not in (None, ""):
+                key = str(value)
+                found = key if key in self._pending else self._aliases.get(key)
+                if found is not None:
+                    return found
+        return reply.id if reply.id in self._pending else self._aliases.get(reply.id)
 
     def on_reply_announced(self, reply: CloudEvent, fields: dict[str, Any], *, relayed_here: bool) -> str:
         return self._match(reply, fields, relayed_here=relayed_here)

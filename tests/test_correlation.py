@@ -411,3 +411,53 @@ def _response_queue_empty(world: World) -> Any:
         return await world.sqs_count(world.response_queue) == 0
 
     return empty
+
+
+def test_replicas_count_each_outcome_once_through_announcements() -> None:
+    """Three tables wired by an in-memory fan-out, as fleet.py wires them through RabbitMQ."""
+    config = CorrelationConfig(timeout_seconds=10)
+    clock = Clock()
+    metrics = [Metrics() for _ in range(3)]
+    tables = [CorrelationTable(config, m, clock=clock) for m in metrics]
+    sent: list[tuple[int, str, dict[str, Any]]] = []
+
+    def announcer(origin: int) -> Any:
+        def announce(kind: str, payload: dict[str, Any]) -> None:
+            sent.append((origin, kind, payload))
+            for index, table in enumerate(tables):
+                if index == origin:
+                    continue
+                if kind == "command":
+                    table.on_command_announced(payload["key"], payload["event_id"], payload["event_type"])
+                else:
+                    table.on_reply_announced(payload["reply"], {}, relayed_here=False)
+
+        return announce
+
+    for index, table in enumerate(tables):
+        table.join_fleet(announcer(index))
+    command = ce(event("io.lamassu.iotcore.config.request", "cmd-1"))
+    tables[0].command_sent(command)  # sent by replica 0
+    reply = ce(event("io.lamassu.iotcore.config.response", "cmd-1"))  # v1 convention: same id
+    assert tables[2].reply_received(reply, {}) == "announced"  # polled by replica 2
+    own = ce(event("io.lamassu.iotcore.config.request", "cmd-2"))
+    tables[1].command_sent(own)
+    assert tables[1].reply_received(ce(event("io.lamassu.iotcore.config.response", "cmd-2")), {}) == MATCHED
+    late = ce(event("io.lamassu.iotcore.config.response", "cmd-unknown"))
+    assert tables[1].reply_received(late, {}) == ORPHAN
+    expiring = ce(event("io.lamassu.iotcore.config.request", "cmd-3"))
+    tables[2].command_sent(expiring)
+    clock.now += 11
+    for table in tables:
+        table.expire()
+
+    def total(name: str, **labels: str) -> float:
+        return sum(value(m, name, **labels) for m in metrics)
+
+    assert total("replies_correlated_total", outcome="matched") == 2
+    assert value(metrics[0], "replies_correlated_total", outcome="matched") == 1  # where it was sent
+    assert total("replies_correlated_total", outcome="orphan") == 1
+    assert total("commands_expired_total", event_type="io.lamassu.iotcore.config.request") == 1
+    assert total("commands_tracked_total", event_type="io.lamassu.iotcore.config.request") == 3
+    assert [kind for _, kind, _ in sent] == ["command", "reply", "command", "command"]  # one reply announced
+    assert all(len(table) == 0 for table in tables)
