@@ -2,13 +2,14 @@
 # LocalStack READY hook (mounted into /etc/localstack/init/ready.d/ by docker-compose.yml): creates
 # the connector's SQS queues the way deploy/cloudformation/queues.yaml does in AWS - each with a
 # dead-letter queue and a redrive policy, 1 MiB maximum message size - so the connector runs with
-# sqs.create_queues: false, as in production. Idempotent: creating an existing queue with the same
-# attributes returns it.
+# sqs.create_queues: false, as in production; and, when LAMASSU_CLAIM_CHECK_BUCKET is set, the S3
+# bucket of the claim-check. Idempotent: creating an existing queue with the same attributes
+# returns it, and an existing bucket is kept.
 #
 # Environment (all optional): LAMASSU_COMMAND_QUEUE (default lamassu-command; a .fifo name makes
 # FIFO queues), LAMASSU_RESPONSE_QUEUE (default lamassu-response), COMMAND_MAX_RECEIVE_COUNT (5),
-# RESPONSE_MAX_RECEIVE_COUNT (10), AWS_CLI (default awslocal; e.g. "aws --endpoint-url URL" to run
-# it against another endpoint).
+# RESPONSE_MAX_RECEIVE_COUNT (10), LAMASSU_CLAIM_CHECK_BUCKET (default: none), AWS_CLI (default
+# awslocal; e.g. "aws --endpoint-url URL" to run it against another endpoint).
 set -euo pipefail
 
 export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-test}
@@ -44,3 +45,12 @@ with_dead_letter_queue() {
 
 with_dead_letter_queue "$command_queue" "${COMMAND_MAX_RECEIVE_COUNT:-5}"
 with_dead_letter_queue "$response_queue" "${RESPONSE_MAX_RECEIVE_COUNT:-10}"
+
+# The claim-check bucket (claim_check.bucket), in us-east-1 (no LocationConstraint there).
+bucket=${LAMASSU_CLAIM_CHECK_BUCKET:-}
+if [[ -n $bucket ]]; then
+  if ! "${aws[@]}" s3api head-bucket --bucket "$bucket" >/dev/null 2>&1; then
+    "${aws[@]}" s3api create-bucket --bucket "$bucket" >/dev/null
+  fi
+  echo "lamassu-aws-connector init: s3://$bucket (claim-check)"
+fi
