@@ -1,19 +1,31 @@
-"""The Lamassu event catalogue: the CloudEvent types the connector knows and the shape of their ``data``.
+"""The Lamassu event catalogue: every CloudEvent type Lamassu publishes, and the shape of its ``data``.
 
-Grouped by Lamassu generation:
+Grouped by Lamassu generation (docs/lamassu-generations.md has the full table):
 
 * **v1** (2022): ``io.lamassu.*`` published by lamassu-ca on the default exchange, and the AWS IoT Core
   request/reply types ``io.lamassu.iotcore.*`` that the Lambdas of the original aws-connector consume
   (commands) and emit (replies);
-* **v2.0** (2023-01): ``io.lamassuiot.*`` on the topic exchange ``lamassu``;
-* **v2.4+/v3** (2023-12 onwards): short types (``ca.create``, ``certificate.status.update``,
-  ``device.create``, ``dms.bind-device-id``, ...) on ``lamassu-events``; updates carry
-  ``{"previous": ..., "updated": ...}``.
+* **v2.0** (2023-01): 18 ``io.lamassuiot.*`` types on the topic exchange ``lamassu``;
+* **v2.4.0-v2.5.0**: the first short names on ``lamassu-events`` that v2.5.1 renamed
+  (``ca.update.status`` -> ``ca.status.update``, ...);
+* **v2.4+/v3** (2023-12 onwards): the short names in use today (``ca.create``,
+  ``certificate.status.update``, ``kms.sign``, ``device-group.create``, ...), each with the first and
+  last Lamassu release that publishes it; updates carry ``{"previous": ..., "updated": ...}``, deletes
+  the service's input struct with Go field names (``{"CAID", "CascadeDelete"}``). Where a shape
+  changed between releases the model accepts every real shape: a CA is flat (``certificate`` a base64
+  PEM string, ``status`` at top level) up to v3.1 and nested (``certificate`` an object) from v3.2.0;
+  a KMS key has ``id`` in v3.6 and ``key_id`` from v3.7.0; a VA role has Go field names in v3.3-v3.4.
+  Since v3.5.0 the CA and KMS services also publish an audit copy ``audit.<type>`` of each action
+  and ``<type>.error`` when it fails: two families with one envelope each (:func:`event_kind`).
 
 The models are tolerant where Lamassu is loose (extra fields are kept, fields Lamassu omits in
 some version are optional) and strict where a wrong value would mislead AWS: status enums, the
-serial-number format, and base64 PEM fields that must decode to an X.509 certificate. Shapes were
-learnt from the public lamassuiot repositories; each model's docstring names its source files.
+serial-number format, and certificate fields. The certificate of a CA or certificate (either CA
+shape) and the v1/v2.0 certificate fields the catalogue always parsed must decode to an X.509
+certificate (parsed once, cached); the certificate fields of the types added with Lamassu v3.8 support
+(enrollments, v2.0 signing and device events) are checked for shape only (base64 of a PEM
+``CERTIFICATE`` block), so the enrollment path costs no X.509 parse. Shapes were learnt from the
+public lamassuiot repositories at their release tags; each model's docstring names its source files.
 """
 
 from __future__ import annotations
@@ -22,7 +34,8 @@ import base64
 import binascii
 import functools
 import inspect
-from collections.abc import Iterator
+import typing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -32,11 +45,15 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     RootModel,
+    Strict,
     StringConstraints,
+    Tag,
     ValidationError,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 from .events import CloudEvent
@@ -49,7 +66,8 @@ log = get_logger(__name__)
 class Generation(StrEnum):
     V1 = "v1"
     V2_0 = "v2.0"
-    V3 = "v2.4+/v3"
+    V2_4 = "v2.4.0-v2.5.0"  # names renamed in v2.5.1
+    V3 = "v2.4+/v3"  # the short names on lamassu-events in use today (some since v2.4.0)
 
 
 class Direction(StrEnum):
@@ -57,12 +75,43 @@ class Direction(StrEnum):
     REPLY = "reply"  # SQS lamassu-response (AWS Lambdas) -> RabbitMQ
 
 
-# Lamassu writes serial numbers as hex byte pairs joined by "-" (v1: also ":"); the earliest v1
-# Lambdas wrote them without separators. Anything else would name the wrong certificate in AWS IoT.
-_SERIAL_PATTERN = r"^(?:[0-9a-fA-F]{2}(?:[-:][0-9a-fA-F]{2})*|[0-9a-fA-F]+)$"
+class EventKind(StrEnum):
+    """What an event type is, for the outbound flow's forwarding policy."""
+
+    EVENT = "event"  # a catalogue type: something happened in Lamassu (or a v1 request / AWS reply)
+    AUDIT = "audit"  # audit.<type>: the CA/KMS services' audit copy of a successful action (v3.5.0+)
+    ERROR = "error"  # <type>.error: the CA/KMS services' record of a failed action (v3.5.0+)
+    UNKNOWN = "unknown"  # not Lamassu's, or newer than this catalogue: forwarded as before
+
+
+# Lamassu writes serial numbers as hex byte pairs joined by "-" (v1: also ":") up to v3.4, as plain
+# lower-case hex since v3.5.0; the earliest v1 Lambdas wrote plain hex too. Anything else would name
+# the wrong certificate in AWS IoT.
+_SERIAL = r"(?:[0-9a-fA-F]{2}(?:[-:][0-9a-fA-F]{2})*|[0-9a-fA-F]+)"
+_SERIAL_PATTERN = rf"^{_SERIAL}$"
 SerialNumber = Annotated[str, StringConstraints(pattern=_SERIAL_PATTERN)]
+# issuer_metadata.serial_number is "-" when the issuer of an imported certificate is not in Lamassu.
+IssuerSerialNumber = Annotated[str, StringConstraints(pattern=rf"^(?:{_SERIAL}|-)$")]
+# v2.0: a DMS still waiting for approval has no certificate, hence serial_number "".
+SerialNumberOrEmpty = Annotated[str, StringConstraints(pattern=rf"^(?:{_SERIAL})?$")]
 
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+StrictFlag = Annotated[bool, Strict()]  # true or false only: not 0, 1, "yes"
+
+
+def _must_be(expected: bool) -> Callable[[bool], bool]:
+    def check(value: bool) -> bool:
+        if value is not expected:
+            raise ValueError(f"must be {str(expected).lower()}")
+        return value
+
+    return check
+
+
+FalseFlag = Annotated[
+    bool, Strict(), AfterValidator(_must_be(False)), WithJsonSchema({"type": "boolean", "const": False})
+]
+TrueFlag = Annotated[bool, Strict(), AfterValidator(_must_be(True)), WithJsonSchema({"type": "boolean", "const": True})]
 
 
 @functools.lru_cache(maxsize=512)
@@ -92,26 +141,78 @@ def _x509_base64_pem(value: str) -> str:
     return value
 
 
-Base64PemCertificate = Annotated[
+def _pem_block_problem(value: str, label: bytes) -> str | None:
+    """Why ``value`` is not base64 of a PEM block with ``label``, without parsing what it holds (cheap)."""
+    try:
+        pem = binascii.a2b_base64(value, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return "is not valid base64"
+    if not pem.lstrip().startswith(b"-----BEGIN " + label + b"-----"):
+        return f"does not decode to a PEM {label.decode()} block"
+    return None
+
+
+def _base64_pem_shape(value: str) -> str:
+    problem = _pem_block_problem(value, b"CERTIFICATE")
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _base64_csr_shape(value: str) -> str:
+    problem = _pem_block_problem(value, b"CERTIFICATE REQUEST")
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _base64(value: str) -> str:
+    try:
+        binascii.a2b_base64(value, strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("is not valid base64") from None
+    return value
+
+
+_CERTIFICATE_SCHEMA = {
+    "type": "string",
+    "contentEncoding": "base64",
+    "contentMediaType": "application/x-pem-file",
+    "description": "base64 of a PEM 'BEGIN CERTIFICATE' block holding one X.509 certificate",
+}
+
+# Decoded and parsed as X.509 (cached): the certificate of a CA or certificate, and the v1/v2.0 fields
+# that the catalogue has always parsed.
+Base64PemCertificate = Annotated[str, AfterValidator(_x509_base64_pem), WithJsonSchema(_CERTIFICATE_SCHEMA)]
+# Base64 of a PEM CERTIFICATE block, not parsed: the certificate fields of the types added with
+# Lamassu v3.8 support (enrollments, the v2.0 signing and device events): no X.509 parse on that path.
+Base64PemShape = Annotated[str, AfterValidator(_base64_pem_shape), WithJsonSchema(_CERTIFICATE_SCHEMA)]
+Base64PemCsr = Annotated[
     str,
-    AfterValidator(_x509_base64_pem),
+    AfterValidator(_base64_csr_shape),
     WithJsonSchema(
         {
             "type": "string",
             "contentEncoding": "base64",
             "contentMediaType": "application/x-pem-file",
-            "description": "base64 of a PEM 'BEGIN CERTIFICATE' block holding one X.509 certificate",
+            "description": "base64 of a PEM 'BEGIN CERTIFICATE REQUEST' block",
         }
     ),
 ]
+Base64 = Annotated[str, AfterValidator(_base64), WithJsonSchema({"type": "string", "contentEncoding": "base64"})]
 
 # Status vocabularies. Lamassu's own enums are upper case in every generation.
 V1Status = Literal["ACTIVE", "ISSUED", "REVOKED", "EXPIRED", "INACTIVE"]
 V2CertificateStatus = Literal["ACTIVE", "ABOUT_TO_EXPIRE", "EXPIRED", "REVOKED", "INACTIVE"]
-V3CertificateStatus = Literal["ACTIVE", "EXPIRED", "REVOKED", "INACTIVE"]
+V2DeviceStatus = Literal[
+    "PENDING_PROVISIONING", "FULLY_PROVISIONED", "REQUIRES_ACTION", "PROVISIONED_WITH_WARNINGS", "DECOMMISSIONED"
+]
+V2DmsStatus = Literal["PENDING_APPROVAL", "REJECTED", "APPROVED", "EXPIRED", "REVOKED"]
+V3CertificateStatus = Literal["ACTIVE", "EXPIRED", "REVOKED", "INACTIVE"]  # INACTIVE since v3.2.0
 V3DeviceStatus = Literal[
     "NO_IDENTITY", "ACTIVE", "RENEWAL_PENDING", "EXPIRING_SOON", "EXPIRED", "REVOKED", "DECOMMISSIONED"
 ]
+CertificateRequestStatus = Literal["ISSUED", "REVOKED", "PENDING"]
 AwsCaStatus = Literal["ACTIVE", "INACTIVE", "PENDING_TRANSFER"]
 AwsCertificateStatus = Literal[
     "ACTIVE", "INACTIVE", "REVOKED", "PENDING_TRANSFER", "REGISTER_INACTIVE", "PENDING_ACTIVATION"
@@ -121,6 +222,21 @@ AwsCertificateStatus = Literal[
 class _Data(BaseModel):
     # Lamassu adds fields between releases: keep them, check only what the AWS side relies on.
     model_config = ConfigDict(extra="allow")
+
+
+# A model that accepts several shapes picks one by a look at the data (cheap) and reports the errors
+# of that shape only. Its tags start with "shape " and never appear in an error's field path.
+_SHAPE_TAG_PREFIX = "shape "
+
+
+def _shape_of(pick: Callable[[dict[str, Any]], str], newest: str) -> Discriminator:
+    """A discriminator choosing a shape by ``pick(data)``; anything but an object gets the newest shape,
+    whose errors then say what was expected."""
+
+    def discriminate(value: Any) -> str:
+        return _SHAPE_TAG_PREFIX + (pick(value) if isinstance(value, dict) else newest)
+
+    return Discriminator(discriminate)
 
 
 # --- v1 (2022) --------------------------------------------------------------------------------
@@ -347,10 +463,12 @@ class IotCertStatusNoticeEarly(_Data):
 
 
 class V2Ca(_Data):
-    """``io.lamassuiot.ca.create``: CreateCAOutputSerialized.
+    """``io.lamassuiot.ca.create`` / ``.ca.update`` / ``.ca.revoke``: CACertificateSerialized.
 
-    Source: lamassuiot/lamassuiot v2.0.0 pkg/ca/server/api/service/amqp_middleware.go and
-    pkg/ca/common/api/http_serializer.go.
+    Source: lamassuiot/lamassuiot v2.0.0 pkg/ca/server/api/service/amqp_middleware.go (CreateCA,
+    UpdateCAStatus, RevokeCA) and pkg/ca/common/api/http_serializer.go (CACertificateSerialized:
+    name, status, certificate, serial_number, key_metadata, subject, valid_from/valid_to in ms,
+    issuance_duration in s).
     """
 
     name: NonEmpty
@@ -360,7 +478,7 @@ class V2Ca(_Data):
 
 
 class V2Certificate(_Data):
-    """``io.lamassuiot.certificate.update``: UpdateCertificateStatusOutputSerialized.
+    """``io.lamassuiot.certificate.update`` / ``.certificate.revoke``: CertificateSerialized.
 
     Source: lamassuiot/lamassuiot v2.0.0 pkg/ca/server/api/service/amqp_middleware.go; consumed by the
     v2.0 device-manager's AMQP handler (pkg/device-manager/server/api/transport).
@@ -371,30 +489,111 @@ class V2Certificate(_Data):
     certificate: Base64PemCertificate | None = None
 
 
-class V2Device(_Data):
-    """``io.lamassuiot.device.create``: the v2.0 device (its status vocabulary is not pinned here).
+class V2SignedCertificate(_Data):
+    """``io.lamassuiot.certificate.sign``: SignCertificateRequestOutputSerialized, two base64 PEM certificates.
 
-    Source: lamassuiot/lamassuiot v2.0.0 pkg/device-manager/server/api/service/amqp_middleware.go and
-    pkg/device-manager/common/api/http_serializer.go.
+    Source: lamassuiot/lamassuiot v2.0.0 pkg/ca/common/api/http_serializer.go.
+    """
+
+    certificate: Base64PemShape
+    ca_certificate: Base64PemShape
+
+
+class V2DeviceCertificate(_Data):
+    ca_name: str | None = None
+    serial_number: SerialNumber
+    status: V2CertificateStatus
+    certificate: Base64PemShape | None = None
+
+
+class V2Slot(_Data):
+    """``io.lamassuiot.device.rotate`` / ``.device.revoke``: SlotSerialized (the device's active certificate).
+
+    Source: lamassuiot/lamassuiot v2.0.0 pkg/device-manager/common/api/http_serializer.go (SlotSerialized,
+    CertificateSerialized), pkg/device-manager/server/api/service/amqp_middleware.go.
     """
 
     id: NonEmpty
-    status: str | None = None
+    active_certificate: V2DeviceCertificate
+    archive_certificates: list[V2DeviceCertificate] | None = None
+
+
+class V2Device(_Data):
+    """``io.lamassuiot.device.create`` / ``.device.update`` / ``.device.decommision``: DeviceSerialized.
+
+    Source: lamassuiot/lamassuiot v2.0.0 pkg/device-manager/server/api/service/amqp_middleware.go,
+    pkg/device-manager/common/api/http_serializer.go and api.go (DeviceStatus).
+    """
+
+    id: NonEmpty
+    status: V2DeviceStatus
+    slots: list[V2Slot] | None = None
+
+
+class V2Enrollment(_Data):
+    """``io.lamassuiot.device.enroll`` / ``.device.reenroll``: the issued certificate, base64 PEM.
+
+    Source: lamassuiot/lamassuiot v2.0.0 pkg/device-manager/server/api/service/amqp_middleware.go
+    (EnrollLog, ReEnrollLog).
+    """
+
+    certificate: Base64PemShape
+
+
+class V2ForceReenroll(_Data):
+    """``io.lamassuiot.device.forceReenroll``: ForceReenrollSerialized.
+
+    Source: lamassuiot/lamassuiot v2.0.0 pkg/device-manager/common/api/http_serializer.go.
+    """
+
+    device_id: NonEmpty
+    slot_id: NonEmpty
+    require_reenrollment: StrictFlag
+    crt: Base64PemShape
+
+
+class V2Dms(_Data):
+    """``io.lamassuiot.dms.createcertificate`` / ``.dms.update`` / ``.dms.authorizedcas``: a DMS.
+
+    Source: lamassuiot/lamassuiot v2.0.0 pkg/dms-manager/common/api/http_serializer.go
+    (DeviceManufacturingServiceSerialized) and api.go (DMSStatus).
+    """
+
+    name: NonEmpty
+    status: V2DmsStatus
+    serial_number: SerialNumberOrEmpty | None = None
+    certificate: Base64PemShape | None = None
+    certificate_request: Base64PemCsr | None = None
+    authorized_cas: list[str] | None = None
+
+
+class V2DmsCreated(_Data):
+    """``io.lamassuiot.dms.create``: CreateDMSOutputSerialized, the DMS **and its private key**.
+
+    ``private_key`` is base64 of a PEM private key when Lamassu generated the key pair (empty otherwise):
+    whoever receives this event holds the DMS's key. Source: lamassuiot/lamassuiot v2.0.0
+    pkg/dms-manager/common/api/http_serializer.go (CreateDMSOutputSerialized).
+    """
+
+    dms: V2Dms
+    private_key: str | None = None
 
 
 # --- v2.4+ / v3 -----------------------------------------------------------------------------------
 
 
 class IssuerMetadata(_Data):
-    serial_number: SerialNumber | None = None
+    serial_number: IssuerSerialNumber | None = None
     id: str | None = None
 
 
 class Certificate(_Data):
     """models.Certificate: serial, status, base64 PEM certificate, issuer, metadata.
 
-    Source: lamassuiot/lamassuiot core/pkg/models/ca.go (Certificate, CertificateStatus), published by
-    backend/pkg/middlewares/eventpub/ca.go; fixtures connectors/awsiot/pkg/testdata/cloudevents/.
+    Source: lamassuiot/lamassuiot core/pkg/models/ca.go (Certificate, CertificateStatus; pkg/models/ca.go
+    before v3.0.0), published by backend/pkg/middlewares/eventpub/ca.go; fixtures
+    connectors/awsiot/pkg/testdata/cloudevents/. issuer_metadata.serial_number is "-" for an imported
+    certificate whose issuer is not in Lamassu (backend/pkg/services/ca.go ImportCertificate).
     """
 
     serial_number: SerialNumber
@@ -404,17 +603,213 @@ class Certificate(_Data):
     metadata: dict[str, Any] | None = None
 
 
-class CaCertificate(_Data):
-    """models.CACertificate: a CA id with its certificate (v3 nests it; v2.4-2.8 inlined its fields).
+class CaFlat(_Data):
+    """models.CACertificate, v2.4.0-v3.1.x: it *embeds* Certificate, so ``certificate`` is the base64 PEM
+    string and ``serial_number``, ``status``, ``issuer_metadata``, ``valid_to`` sit beside ``id``.
 
-    Source: lamassuiot/lamassuiot core/pkg/models/ca.go (CACertificate), backend/pkg/middlewares/eventpub/ca.go.
+    Source: lamassuiot/lamassuiot v2.4.0..v3.1.0 pkg/models/ca.go, core/pkg/models/ca.go (CACertificate).
     """
 
     id: NonEmpty
-    certificate: Certificate | None = None
-    serial_number: SerialNumber | None = None
-    status: V3CertificateStatus | None = None
+    serial_number: SerialNumber
+    status: V3CertificateStatus
+    certificate: Base64PemCertificate
+    issuer_metadata: IssuerMetadata | None = None
     metadata: dict[str, Any] | None = None
+    level: int | None = None
+
+
+class CaNested(_Data):
+    """models.CACertificate, v3.2.0+: ``certificate`` is a nested models.Certificate object.
+
+    Source: lamassuiot/lamassuiot v3.2.0+ core/pkg/models/ca.go (CACertificate: id, certificate,
+    serial_number, metadata, creation_ts, level; validity until v3.4, profile_id since v3.5.0).
+    """
+
+    id: NonEmpty
+    certificate: Certificate
+    serial_number: SerialNumber | None = None
+    metadata: dict[str, Any] | None = None
+    level: int | None = None
+
+
+CaShapes = Annotated[
+    Annotated[CaNested, Tag("shape v3.2+")] | Annotated[CaFlat, Tag("shape v2.4-v3.1")],
+    _shape_of(lambda data: "v2.4-v3.1" if isinstance(data.get("certificate"), str) else "v3.2+", "v3.2+"),
+]
+
+
+class CaCertificate(RootModel[CaShapes]):
+    """models.CACertificate in either shape: flat up to v3.1.x (``certificate`` a base64 PEM string,
+    ``status`` at top level), nested from v3.2.0 (``certificate`` an object). The shape is chosen by
+    the type of ``certificate``.
+
+    Source: lamassuiot/lamassuiot core/pkg/models/ca.go at v3.1.0 and v3.2.0 (CACertificate),
+    backend/pkg/middlewares/eventpub/ca.go.
+    """
+
+
+class CaRequest(_Data):
+    """``ca.request``: models.CACertificateRequest, a CSR for a CA to be signed outside Lamassu (v3.2.0-v3.6.x).
+
+    Source: lamassuiot/lamassuiot v3.2.0..v3.6.3 core/pkg/models/ca.go (CACertificateRequest,
+    CertificateRequestStatus), backend/pkg/middlewares/eventpub/ca.go (RequestCACSR).
+    """
+
+    id: NonEmpty
+    status: CertificateRequestStatus
+    csr: Base64PemCsr
+    key_id: str | None = None
+
+
+class CaDelete(_Data):
+    """``ca.delete``: services.DeleteCAInput, no JSON tags: ``CAID``, and ``CascadeDelete`` since v3.6.0.
+
+    Source: lamassuiot/lamassuiot core/pkg/services/ca.go (DeleteCAInput), backend/pkg/middlewares/eventpub/ca.go.
+    """
+
+    CAID: NonEmpty
+    CascadeDelete: StrictFlag | None = None
+
+
+class SignaturePayload(RootModel[None]):
+    """``ca.sign.signature``: no ``data``. The signature is raw bytes, so the Go SDK writes it base64-encoded
+    in ``data_base64`` (datacontenttype application/json).
+
+    Source: lamassuiot/lamassuiot backend/pkg/middlewares/eventpub/ca.go (SignatureSign publishes []byte);
+    cloudevents/sdk-go v2 event/event_data.go (SetData: []byte -> DataBase64).
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _absent(cls, value: Any) -> Any:
+        if value is not None:
+            raise ValueError("must be absent: Lamassu sends the signature bytes base64-encoded in data_base64")
+        return value
+
+
+class CertificateDelete(_Data):
+    """``certificate.delete``: services.DeleteCertificateInput, no JSON tags: ``{"SerialNumber"}`` (v3.5.0+).
+
+    Source: lamassuiot/lamassuiot core/pkg/services/ca.go (DeleteCertificateInput).
+    """
+
+    SerialNumber: SerialNumber
+
+
+class IdDelete(_Data):
+    """``dms.delete`` / ``device.delete`` / ``device-group.delete``: an input struct with one field ``ID``.
+
+    Source: lamassuiot/lamassuiot core/pkg/services/dmsmanager.go (DeleteDMSInput),
+    core/pkg/services/devicemanager.go (DeleteDeviceInput, DeleteDeviceGroupInput).
+    """
+
+    ID: NonEmpty
+
+
+class IssuanceProfile(_Data):
+    """models.IssuanceProfile (v3.5.0+): validity, key usages, subject and crypto policy of issued certificates.
+
+    Source: lamassuiot/lamassuiot core/pkg/models/issuance_profiles.go, backend/pkg/middlewares/eventpub/ca.go.
+    """
+
+    id: NonEmpty
+    name: str | None = None
+    validity: dict[str, Any] | None = None
+    sign_as_ca: bool | None = None
+
+
+class ProfileDelete(_Data):
+    """``profile.issuance.delete``: services.DeleteIssuanceProfileInput, ``{"ProfileID"}``.
+
+    Source: lamassuiot/lamassuiot core/pkg/services/ca.go (DeleteIssuanceProfileInput).
+    """
+
+    ProfileID: NonEmpty
+
+
+class KmsKeyV36(_Data):
+    """models.Key of v3.6.x, when the CA service held the KMS API: ``id``, algorithm, size, public key.
+
+    Source: lamassuiot/lamassuiot v3.6.0 core/pkg/models/kms.go (Key), backend/pkg/middlewares/eventpub/ca.go.
+    """
+
+    id: NonEmpty
+    algorithm: str | None = None
+    size: int | None = None
+    public_key: str | None = None
+    status: V3CertificateStatus | None = None
+
+
+class KmsKeyV37(_Data):
+    """models.Key since v3.7.0 (KMS service): ``key_id``, name, aliases, tags, engine, public key.
+
+    Source: lamassuiot/lamassuiot v3.7.0+ core/pkg/models/kms.go (Key), backend/pkg/middlewares/eventpub/kms.go.
+    """
+
+    key_id: NonEmpty
+    name: str | None = None
+    algorithm: str | None = None
+    size: int | None = None
+    public_key: str | None = None
+    has_private_key: bool | None = None
+    aliases: list[str] | None = None
+    tags: list[str] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+KmsKeyShapes = Annotated[
+    Annotated[KmsKeyV37, Tag("shape v3.7+")] | Annotated[KmsKeyV36, Tag("shape v3.6")],
+    _shape_of(lambda data: "v3.7+" if "key_id" in data else "v3.6", "v3.7+"),
+]
+
+
+class KmsKey(RootModel[KmsKeyShapes]):
+    """models.Key: ``key_id`` since v3.7.0, ``id`` in v3.6.x.
+
+    Source: lamassuiot/lamassuiot core/pkg/models/kms.go at v3.6.0 and v3.7.0.
+    """
+
+
+class KmsDeleteV36(_Data):
+    ID: NonEmpty
+
+
+class KmsDeleteV37(_Data):
+    Identifier: NonEmpty
+
+
+KmsDeleteShapes = Annotated[
+    Annotated[KmsDeleteV37, Tag("shape v3.7+")] | Annotated[KmsDeleteV36, Tag("shape v3.6")],
+    _shape_of(lambda data: "v3.6" if "ID" in data else "v3.7+", "v3.7+"),
+]
+
+
+class KmsDelete(RootModel[KmsDeleteShapes]):
+    """``kms.delete``: the input struct, Go field names: ``{"Identifier"}`` (services.GetKeyInput, v3.7.0+)
+    or ``{"ID"}`` (services.GetByIDInput, v3.6.x).
+
+    Source: lamassuiot/lamassuiot core/pkg/services/kms.go (v3.7.0+), core/pkg/services/ca.go (v3.6.0).
+    """
+
+
+class KmsSignature(_Data):
+    """``kms.sign``: models.MessageSignature, the signature in base64.
+
+    Source: lamassuiot/lamassuiot core/pkg/models/kms.go (MessageSignature), backend/pkg/services/kms.go.
+    """
+
+    signature: Base64
+
+
+class KmsVerification(_Data):
+    """``kms.verify``: models.MessageValidation, ``valid`` and an optional ``error``.
+
+    Source: lamassuiot/lamassuiot core/pkg/models/kms.go (MessageValidation).
+    """
+
+    valid: StrictFlag
+    error: str | None = None
 
 
 class Device(_Data):
@@ -431,11 +826,33 @@ class Device(_Data):
     dms_owner: str | None = None
 
 
+class DeviceGroup(_Data):
+    """models.DeviceGroup (v3.8.0+): a named, possibly nested, set of devices selected by criteria.
+
+    Source: lamassuiot/lamassuiot core/pkg/models/device.go (DeviceGroup), backend/pkg/middlewares/eventpub/devices.go.
+    """
+
+    id: NonEmpty
+    name: str | None = None
+    parent_id: str | None = None
+    criteria: list[dict[str, Any]] | None = None
+
+
 class Dms(_Data):
     """models.DMS. Source: lamassuiot/lamassuiot core/pkg/models/dms.go, backend/pkg/middlewares/eventpub/dms.go."""
 
     id: NonEmpty
     name: str | None = None
+
+
+class Enrollment(_Data):
+    """``dms.enroll`` / ``dms.reenroll``: models.EnrollReenrollEvent, the issued certificate and the DMS id.
+
+    Source: lamassuiot/lamassuiot core/pkg/models/est.go (EnrollReenrollEvent), backend/pkg/middlewares/eventpub/dms.go.
+    """
+
+    certificate: Base64PemShape
+    aps: NonEmpty
 
 
 class BindIdentity(_Data):
@@ -448,6 +865,82 @@ class BindIdentity(_Data):
     certificate: Certificate | None = None
     dms: Dms | None = None
     device: Device | None = None
+
+
+class VaRoleV33(_Data):
+    """models.VARole of v3.3-v3.4, which had no JSON tags: Go field names.
+
+    Source: lamassuiot/lamassuiot v3.3.0 core/pkg/models/va.go.
+    """
+
+    CASubjectKeyID: NonEmpty
+    CRLOptions: dict[str, Any] | None = None
+    LatestCRL: dict[str, Any] | None = None
+
+
+class VaRoleV35(_Data):
+    """models.VARole since v3.5.0: ``ca_ski``, ``crl_options``, ``latest_crl``.
+
+    Source: lamassuiot/lamassuiot v3.5.0+ core/pkg/models/va.go.
+    """
+
+    ca_ski: NonEmpty
+    crl_options: dict[str, Any] | None = None
+    latest_crl: dict[str, Any] | None = None
+
+
+VaRoleShapes = Annotated[
+    Annotated[VaRoleV35, Tag("shape v3.5+")] | Annotated[VaRoleV33, Tag("shape v3.3-v3.4")],
+    _shape_of(lambda data: "v3.5+" if "ca_ski" in data else "v3.3-v3.4", "v3.5+"),
+]
+
+
+class VaRole(RootModel[VaRoleShapes]):
+    """models.VARole: the CRL policy of a CA (by subject key id) and its latest CRL.
+
+    Source: lamassuiot/lamassuiot core/pkg/models/va.go (v3.3.0: no JSON tags; v3.5.0+: snake_case),
+    backend/pkg/middlewares/eventpub/crl.go.
+    """
+
+
+class RevocationList(_Data):
+    """Go's x509.RevocationList as encoding/json writes it: Go field names, byte slices in base64,
+    ``Number`` and the entries' ``SerialNumber`` as JSON numbers.
+
+    Source: lamassuiot/lamassuiot backend/pkg/middlewares/eventpub/crl.go (CalculateCRL publishes
+    *x509.RevocationList); Go crypto/x509 (RevocationList).
+    """
+
+    ThisUpdate: NonEmpty
+    NextUpdate: NonEmpty
+    Number: int | float | None = None
+    Issuer: dict[str, Any] | None = None
+
+
+class AuditRecord(_Data):
+    """``audit.<type>``: auditpub.AuditBody of a successful action: the service input (Go field names,
+    private keys removed), ``has_error`` false, and the action's output (the event's data model; ``{}``
+    or null for deletes; base64 for ``audit.ca.sign.signature``).
+
+    Source: lamassuiot/lamassuiot v3.5.0+ backend/pkg/middlewares/audit/utils.go (AuditBody,
+    HandleServiceOutputAndPublishAuditRecord), audit/ca.go, audit/kms.go.
+    """
+
+    input: dict[str, Any]
+    has_error: FalseFlag
+    output: Any = None
+
+
+class ErrorRecord(_Data):
+    """``<type>.error``: auditpub.AuditBody of a failed action: the service input, ``has_error`` true, and
+    the error text as ``output``.
+
+    Source: lamassuiot/lamassuiot v3.5.0+ backend/pkg/middlewares/audit/utils.go.
+    """
+
+    input: dict[str, Any]
+    has_error: TrueFlag
+    output: str
 
 
 Entity = TypeVar("Entity", bound=BaseModel)
@@ -471,21 +964,89 @@ class EventSpec:
     model: type[BaseModel]
     summary: str
     answers: str | None = None  # for a reply: the command type it answers (v1: same id)
+    since: str | None = None  # first Lamassu release that publishes it (v2.4+)
+    until: str | None = None  # last release series that publishes it; None: still published
+    note: str | None = None
+    kind: EventKind = EventKind.EVENT
 
     @property
     def fields(self) -> list[str]:
-        if issubclass(self.model, RootModel):
-            return ["(see schema)"]
-        return list(self.model.model_fields)
+        return _fields_of(self.model)
+
+    @property
+    def releases(self) -> str | None:
+        """The Lamassu releases that publish it, e.g. ``v3.5.0+`` or ``v2.6.0-v3.4.x``."""
+        if self.since is None:
+            return None
+        return f"{self.since}-{self.until}" if self.until else f"{self.since}+"
 
     @property
     def schema_name(self) -> str:
+        if self.kind is EventKind.AUDIT:
+            return "audit-record"
+        if self.kind is EventKind.ERROR:
+            return "error-record"
         suffix = "" if _directions_of(self.event_type) == {self.direction} else f".{self.direction.value}"
         return f"{self.event_type}{suffix}"
 
+    def listing(self) -> dict[str, Any]:
+        """One row of ``lamassu-aws-connector events --json``."""
+        return {
+            "type": self.event_type,
+            "generation": self.generation.value,
+            "releases": self.releases,
+            "direction": self.direction.value,
+            "kind": self.kind.value,
+            "fields": self.fields,
+            "answers": self.answers,
+            "summary": self.summary,
+            "note": self.note,
+        }
 
-_V1, _V2, _V3 = Generation.V1, Generation.V2_0, Generation.V3
+
+def _fields_of(model: type[BaseModel]) -> list[str]:
+    if not issubclass(model, RootModel):
+        return list(model.model_fields)
+    names: dict[str, None] = {}
+    for shape in _shapes_of(model):
+        names.update(dict.fromkeys(_fields_of(shape)))
+    return list(names) or ["(see schema)"]
+
+
+def _shapes_of(model: type[BaseModel]) -> list[type[BaseModel]]:
+    """The models of a RootModel over shapes (a union with a shape discriminator), newest first; else []."""
+    root = model.model_fields["root"]
+    if not any(isinstance(meta, Discriminator) for meta in root.metadata):
+        return []
+    shapes = []
+    for member in typing.get_args(root.annotation):
+        inner = typing.get_args(member)[0] if typing.get_origin(member) is Annotated else member
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            shapes.append(inner)
+    return shapes
+
+
+_V1, _V2, _V24, _V3 = Generation.V1, Generation.V2_0, Generation.V2_4, Generation.V3
 _CMD, _REPLY = Direction.COMMAND, Direction.REPLY
+
+
+def _v3(
+    event_type: str, model: type[BaseModel], summary: str, since: str, until: str | None = None, **kw: Any
+) -> EventSpec:
+    return EventSpec(event_type, _V3, _CMD, model, summary, since=since, until=until, **kw)
+
+
+def _v24(event_type: str, model: type[BaseModel], summary: str, renamed_to: str) -> EventSpec:
+    return EventSpec(
+        event_type, _V24, _CMD, model, summary, since="v2.4.0", until="v2.5.0", note=f"renamed {renamed_to} in v2.5.1"
+    )
+
+
+def _v2(event_type: str, model: type[BaseModel], summary: str, note: str | None = None) -> EventSpec:
+    return EventSpec(f"io.lamassuiot.{event_type}", _V2, _CMD, model, summary, note=note)
+
+
+_PRIVATE_KEY_NOTE = "carries the DMS private key (base64 PEM) when Lamassu generated it"
 
 SPECS: tuple[EventSpec, ...] = (
     EventSpec("io.lamassu.ca.create", _V1, _CMD, V1CaCreated, "a CA was created"),
@@ -580,35 +1141,261 @@ SPECS: tuple[EventSpec, ...] = (
         IotCertStatusNoticeEarly,
         "AWS IoT changed a certificate (early notifier)",
     ),
-    EventSpec("io.lamassuiot.ca.create", _V2, _CMD, V2Ca, "a CA was created"),
-    EventSpec("io.lamassuiot.certificate.update", _V2, _CMD, V2Certificate, "a certificate's status changed"),
-    EventSpec("io.lamassuiot.device.create", _V2, _CMD, V2Device, "a device was registered"),
-    EventSpec("ca.create", _V3, _CMD, CaCertificate, "a CA was created"),
-    EventSpec("ca.import", _V3, _CMD, CaCertificate, "a CA was imported"),
-    EventSpec("ca.status.update", _V3, _CMD, Update[CaCertificate], "a CA's status changed"),
-    EventSpec("ca.metadata.update", _V3, _CMD, Update[CaCertificate], "a CA's metadata changed"),
-    EventSpec("certificate.create", _V3, _CMD, Certificate, "a certificate was issued"),
-    EventSpec("certificate.import", _V3, _CMD, Certificate, "a certificate was imported"),
-    EventSpec("ca.sign.certificate", _V3, _CMD, Certificate, "a CA signed a certificate"),
-    EventSpec("certificate.status.update", _V3, _CMD, Update[Certificate], "a certificate's status changed"),
-    EventSpec("certificate.metadata.update", _V3, _CMD, Update[Certificate], "a certificate's metadata changed"),
-    EventSpec("device.create", _V3, _CMD, Device, "a device was registered"),
-    EventSpec("device.status.update", _V3, _CMD, Update[Device], "a device's status changed"),
-    EventSpec("device.identity.update", _V3, _CMD, Update[Device], "a device's identity slot changed"),
-    EventSpec("device.metadata.update", _V3, _CMD, Update[Device], "a device's metadata changed"),
-    EventSpec("dms.create", _V3, _CMD, Dms, "a DMS (registration authority) was created"),
-    EventSpec("dms.update", _V3, _CMD, Update[Dms], "a DMS changed"),
-    EventSpec("dms.bind-device-id", _V3, _CMD, BindIdentity, "a certificate became a device's identity"),
+    # v2.0.0: pkg/{ca,device-manager,dms-manager}/server/api/service/amqp_middleware.go
+    _v2("ca.create", V2Ca, "a CA was created"),
+    _v2("ca.update", V2Ca, "a CA's status changed"),
+    _v2("ca.revoke", V2Ca, "a CA was revoked"),
+    _v2("certificate.sign", V2SignedCertificate, "a CA signed a certificate request"),
+    _v2("certificate.revoke", V2Certificate, "a certificate was revoked"),
+    _v2("certificate.update", V2Certificate, "a certificate's status changed"),
+    _v2("device.create", V2Device, "a device was registered"),
+    _v2("device.update", V2Device, "a device's metadata changed"),
+    _v2("device.decommision", V2Device, "a device was decommissioned (Lamassu's spelling)"),
+    _v2("device.rotate", V2Slot, "a device slot got a new active certificate"),
+    _v2("device.revoke", V2Slot, "a device slot's active certificate was revoked"),
+    _v2("device.enroll", V2Enrollment, "a device enrolled (EST)"),
+    _v2("device.reenroll", V2Enrollment, "a device re-enrolled (EST)"),
+    _v2("device.forceReenroll", V2ForceReenroll, "a device was told to re-enroll"),
+    _v2("dms.create", V2DmsCreated, "a DMS was created with a Lamassu-generated key", note=_PRIVATE_KEY_NOTE),
+    _v2("dms.createcertificate", V2Dms, "a DMS was created from a certificate request"),
+    _v2("dms.update", V2Dms, "a DMS's status changed"),
+    _v2("dms.authorizedcas", V2Dms, "a DMS's authorized CAs changed"),
+    # v2.4.0-v2.5.0: the names v2.5.1 renamed (pkg/models/events.go at v2.4.0..v2.5.0)
+    _v24("ca.update.status", Update[CaCertificate], "a CA's status changed", "ca.status.update"),
+    _v24("ca.update.metadata", Update[CaCertificate], "a CA's metadata changed", "ca.metadata.update"),
+    _v24(
+        "certificate.update.status", Update[Certificate], "a certificate's status changed", "certificate.status.update"
+    ),
+    _v24(
+        "certificate.update.metadata",
+        Update[Certificate],
+        "a certificate's metadata changed",
+        "certificate.metadata.update",
+    ),
+    _v24("device.update.identity", Update[Device], "a device's identity slot changed", "device.identity.update"),
+    _v24("device.update.status", Update[Device], "a device's status changed", "device.status.update"),
+    _v24("device.update.metadata", Update[Device], "a device's metadata changed", "device.metadata.update"),
+    _v24("dms.update.metadata", Update[Dms], "a DMS's metadata changed", "dms.metadata.update"),
+    # v2.4+/v3: CA service
+    _v3("ca.create", CaCertificate, "a CA was created", "v2.4.0"),
+    _v3("ca.import", CaCertificate, "a CA was imported", "v2.4.0"),
+    _v3("ca.request", CaRequest, "a CA key pair and CSR were created", "v3.2.0", "v3.6.x"),
+    _v3(
+        "ca.certificate.import",
+        Certificate,
+        "a certificate was imported",
+        "v2.4.0",
+        "v3.4.x",
+        note="renamed certificate.import in v3.5.0; later only the audit name audit.ca.certificate.import",
+    ),
+    _v3("ca.profile.update", Update[CaNested], "a CA's issuance profile changed", "v3.5.0"),
+    _v3("ca.status.update", Update[CaCertificate], "a CA's status changed", "v2.5.1"),
+    _v3("ca.metadata.update", Update[CaCertificate], "a CA's metadata changed", "v2.5.1"),
+    _v3(
+        "ca.issuance-expiration.update",
+        Update[CaCertificate],
+        "a CA's issuance expiration changed",
+        "v2.6.0",
+        "v3.4.x",
+    ),
+    _v3("ca.reissue", Update[CaNested], "a CA certificate was reissued", "v3.7.0"),
+    _v3("ca.sign.certificate", Certificate, "a CA signed a certificate", "v2.4.0"),
+    _v3(
+        "ca.sign.signature",
+        SignaturePayload,
+        "a CA signed a message",
+        "v2.4.0",
+        note="the signature travels in data_base64",
+    ),
+    _v3("ca.delete", CaDelete, "a CA was deleted", "v2.4.0"),
+    _v3("kms.create", KmsKey, "a key was created", "v3.6.0"),
+    _v3("kms.import", KmsKey, "a key was imported", "v3.6.0"),
+    _v3("kms.metadata.update", Update[KmsKeyV37], "a key's metadata changed", "v3.7.0"),
+    _v3("kms.aliases.update", Update[KmsKeyV37], "a key's aliases changed", "v3.7.0"),
+    _v3("kms.name.update", Update[KmsKeyV37], "a key was renamed", "v3.7.0"),
+    _v3("kms.tags.update", Update[KmsKeyV37], "a key's tags changed", "v3.7.0"),
+    _v3("kms.delete", KmsDelete, "a key was deleted", "v3.6.0"),
+    _v3("kms.sign", KmsSignature, "a key signed a message", "v3.6.0"),
+    _v3("kms.verify", KmsVerification, "a signature was verified", "v3.6.0"),
+    _v3("profile.issuance.create", IssuanceProfile, "an issuance profile was created", "v3.5.0"),
+    _v3("profile.issuance.update", Update[IssuanceProfile], "an issuance profile changed", "v3.5.0"),
+    _v3("profile.issuance.delete", ProfileDelete, "an issuance profile was deleted", "v3.5.0"),
+    _v3(
+        "certificate.create",
+        Certificate,
+        "a certificate was issued",
+        "v2.4.0",
+        note="not published by v3.7.x (no CreateCertificate)",
+    ),
+    _v3(
+        "certificate.import",
+        Certificate,
+        "a certificate was imported",
+        "v3.5.0",
+        note="declared but unpublished v2.4.0-v3.4.x (imports were ca.certificate.import)",
+    ),
+    _v3("certificate.status.update", Update[Certificate], "a certificate's status changed", "v2.5.1"),
+    _v3("certificate.metadata.update", Update[Certificate], "a certificate's metadata changed", "v2.5.1"),
+    _v3("certificate.delete", CertificateDelete, "a certificate was deleted", "v3.5.0"),
+    _v3("dms.create", Dms, "a DMS (registration authority) was created", "v2.4.0"),
+    _v3("dms.update", Update[Dms], "a DMS changed", "v2.5.2"),
+    _v3(
+        "dms.metadata.update",
+        Update[Dms],
+        "a DMS's metadata changed",
+        "v2.5.1",
+        note="not published v2.5.2-v3.4.x (dms.update instead)",
+    ),
+    _v3("dms.delete", IdDelete, "a DMS was deleted", "v3.4.0"),
+    _v3("dms.enroll", Enrollment, "a device enrolled through a DMS (EST)", "v2.4.0"),
+    _v3("dms.reenroll", Enrollment, "a device re-enrolled through a DMS (EST)", "v2.4.0"),
+    _v3("dms.bind-device-id", BindIdentity, "a certificate became a device's identity", "v2.4.0"),
+    _v3("device.create", Device, "a device was registered", "v2.4.0"),
+    _v3("device.identity.update", Update[Device], "a device's identity slot changed", "v2.5.1"),
+    _v3("device.status.update", Update[Device], "a device's status changed", "v2.5.1"),
+    _v3("device.metadata.update", Update[Device], "a device's metadata changed", "v2.5.1"),
+    _v3("device.delete", IdDelete, "a device was deleted", "v3.5.0"),
+    _v3("device-group.create", DeviceGroup, "a device group was created", "v3.8.0"),
+    _v3("device-group.update", Update[DeviceGroup], "a device group changed", "v3.8.0"),
+    _v3("device-group.delete", IdDelete, "a device group was deleted", "v3.8.0"),
+    _v3("va.role.update", VaRole, "a CA's CRL policy changed", "v3.3.0"),
+    _v3(
+        "va.crl.create",
+        RevocationList,
+        "a CRL was issued",
+        "v3.3.0",
+        "v3.4.x",
+        note="renamed va.role.crl.create in v3.5.0",
+    ),
+    _v3("va.role.crl.create", RevocationList, "a CRL was issued", "v3.5.0"),
+    _v3(
+        "va.role.crl.init",
+        VaRole,
+        "a CA's CRL role was initialised",
+        "v3.8.0",
+        note="declared since v3.5.0, published since v3.8.0",
+    ),
+    # The families the CA and KMS services publish around every action (audit/utils.go).
+    _v3(
+        "audit.*",
+        AuditRecord,
+        "audit copy of a successful CA or KMS action (audit.<type>)",
+        "v3.5.0",
+        kind=EventKind.AUDIT,
+        note="repeats the output of the <type> event it accompanies",
+    ),
+    _v3(
+        "*.error",
+        ErrorRecord,
+        "a CA or KMS action failed (<type>.error)",
+        "v3.5.0",
+        kind=EventKind.ERROR,
+    ),
+)
+
+# The decided forwarding default per kind (docs/lamassu-generations.md, "Audit copies and error records"):
+# audit copies repeat the event they accompany and are skipped; error records exist nowhere else and go on.
+DEFAULT_FORWARDING: dict[EventKind, Literal["forward", "skip"]] = {
+    EventKind.EVENT: "forward",
+    EventKind.AUDIT: "skip",
+    EventKind.ERROR: "forward",
+    EventKind.UNKNOWN: "forward",
+}
+
+# Declared in Lamassu's events.go but never published (or not in every release): name -> what to know.
+DECLARED_NOT_PUBLISHED: dict[str, str] = {
+    "any": "a subscription wildcard of the alerts service, never an event type",
+    "ca.request": "declared since v3.2.0; published v3.2.0-v3.6.x only (RequestCACSR was removed in v3.7.0)",
+    "ca.certificate.import": "published up to v3.4.x; since v3.5.0 only the audit copy audit.ca.certificate.import",
+    "certificate.import": "declared v2.4.0-v3.4.x without a publisher; published since v3.5.0",
+    "va.role.crl.init": "declared since v3.5.0; published since v3.8.0",
+}
+
+# The actions the CA (v3.5.0+) and KMS (v3.7.0+; v3.6.x inside the CA service) services audit: each
+# publishes audit.<action> on success and <action>.error on failure. backend/pkg/middlewares/audit/.
+AUDITED_ACTIONS: frozenset[str] = frozenset(
+    {
+        "ca.create",
+        "ca.import",
+        "ca.request",
+        "ca.certificate.import",
+        "ca.profile.update",
+        "ca.status.update",
+        "ca.metadata.update",
+        "ca.reissue",
+        "ca.sign.certificate",
+        "ca.sign.signature",
+        "ca.delete",
+        "certificate.create",
+        "certificate.status.update",
+        "certificate.metadata.update",
+        "certificate.delete",
+        "profile.issuance.create",
+        "profile.issuance.update",
+        "profile.issuance.delete",
+        "kms.create",
+        "kms.import",
+        "kms.metadata.update",
+        "kms.aliases.update",
+        "kms.name.update",
+        "kms.tags.update",
+        "kms.delete",
+        "kms.sign",
+        "kms.verify",
+    }
 )
 
 _BY_TYPE: dict[str, tuple[EventSpec, ...]] = {}
+_FAMILIES: dict[EventKind, EventSpec] = {}
 for _spec in SPECS:
-    _BY_TYPE[_spec.event_type] = (*_BY_TYPE.get(_spec.event_type, ()), _spec)
+    if _spec.kind is EventKind.EVENT:
+        _BY_TYPE[_spec.event_type] = (*_BY_TYPE.get(_spec.event_type, ()), _spec)
+    else:
+        _FAMILIES[_spec.kind] = _spec
 
 # Command types whose replies are correlated by default: those the catalogue knows an answer for.
 REPLY_EXPECTED: frozenset[str] = frozenset(spec.answers for spec in SPECS if spec.answers)
 # Reply types that answer a command (as opposed to unsolicited notifications from AWS).
 ANSWER_TYPES: frozenset[str] = frozenset(spec.event_type for spec in SPECS if spec.answers)
+
+# The services' type prefixes on lamassu-events: what audit.<type> and <type>.error wrap.
+_LAMASSU_DOMAINS = ("ca.", "certificate.", "kms.", "profile.", "dms.", "device.", "device-group.", "va.")
+_CACHE_LIMIT = 10_000
+_RESOLVED: dict[str, tuple[EventKind, tuple[EventSpec, ...]]] = {}
+
+
+def _resolve(event_type: str) -> tuple[EventKind, tuple[EventSpec, ...]]:
+    """(kind, specs) of a type; one dict lookup once a type has been seen."""
+    hit = _RESOLVED.get(event_type)
+    if hit is not None:
+        return hit
+    specs = _BY_TYPE.get(event_type)
+    if specs is not None:
+        resolved = (EventKind.EVENT, specs)
+    elif event_type.startswith("audit.") and event_type[6:].startswith(_LAMASSU_DOMAINS):
+        resolved = (EventKind.AUDIT, (_FAMILIES[EventKind.AUDIT],))
+    elif event_type.endswith(".error") and event_type[:-6].startswith(_LAMASSU_DOMAINS):
+        resolved = (EventKind.ERROR, (_FAMILIES[EventKind.ERROR],))
+    else:
+        resolved = (EventKind.UNKNOWN, ())
+    if len(_RESOLVED) < _CACHE_LIMIT:  # types come from the wire: bound what is remembered
+        _RESOLVED[event_type] = resolved
+    return resolved
+
+
+def event_kind(event_type: str) -> EventKind:
+    """``event``, ``audit`` (``audit.<type>``), ``error`` (``<type>.error``) or ``unknown``. Cheap (cached)."""
+    return _resolve(event_type)[0]
+
+
+def action_of(event_type: str) -> str:
+    """The action an audit copy or error record is about (``audit.ca.create`` -> ``ca.create``), else the type."""
+    kind = event_kind(event_type)
+    if kind is EventKind.AUDIT:
+        return event_type[6:]
+    if kind is EventKind.ERROR:
+        return event_type[:-6]
+    return event_type
 
 
 def _directions_of(event_type: str) -> set[Direction]:
@@ -616,11 +1403,18 @@ def _directions_of(event_type: str) -> set[Direction]:
 
 
 def specs_for(event_type: str) -> tuple[EventSpec, ...]:
-    return _BY_TYPE.get(event_type, ())
+    """The catalogue entries for a type: its own, or the audit/error family it belongs to."""
+    return _resolve(event_type)[1]
 
 
 def is_known(event_type: str) -> bool:
-    return event_type in _BY_TYPE
+    """A type the catalogue names: its own types, and the audit copies and error records of the actions
+    Lamassu audits. A bounded set, safe as a metric label (other ``audit.*`` / ``*.error`` types are
+    still recognised by :func:`event_kind` and checked, but not named)."""
+    kind = event_kind(event_type)
+    if kind is EventKind.EVENT:
+        return True
+    return kind is not EventKind.UNKNOWN and action_of(event_type) in AUDITED_ACTIONS
 
 
 def check_data(event_type: str, data: Any, direction: Direction | None = None) -> str | None:
@@ -629,10 +1423,10 @@ def check_data(event_type: str, data: Any, direction: Direction | None = None) -
     A type known in both directions (v1 ``io.lamassu.iotcore.*.status.update``) is checked against
     the model of ``direction`` when given, else it passes if either model accepts it.
     """
-    specs = _BY_TYPE.get(event_type)
+    specs = _resolve(event_type)[1]
     if not specs:
         return None
-    if direction is not None:
+    if direction is not None and len(specs) > 1:
         specs = tuple(spec for spec in specs if spec.direction == direction) or specs
     problems = []
     for spec in specs:
@@ -649,7 +1443,8 @@ def describe(exc: ValidationError, limit: int = 3) -> str:
     parts = []
     errors = exc.errors(include_url=False)
     for error in errors[:limit]:
-        path = ".".join(["data", *(str(part) for part in error["loc"])])
+        loc = [str(part) for part in error["loc"] if not str(part).startswith(_SHAPE_TAG_PREFIX)]
+        path = ".".join(["data", *loc])
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "missing":
             parts.append(f"{path} is missing")
@@ -666,10 +1461,11 @@ def json_schemas() -> Iterator[tuple[str, dict[str, Any]]]:
     """(file stem, JSON Schema of the event's ``data``) for every catalogue entry, in catalogue order."""
     for spec in SPECS:
         schema = spec.model.model_json_schema()
+        releases = f", Lamassu {spec.releases}" if spec.releases else ""
         schema = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "$id": f"https://lamassu-aws-connector/events/{spec.schema_name}.json",
-            "title": f"{spec.event_type} data ({spec.generation.value}, {spec.direction.value})",
+            "title": f"{spec.event_type} data ({spec.generation.value}{releases}, {spec.direction.value})",
             "description": inspect.cleandoc(spec.model.__doc__ or spec.summary),
             **{key: value for key, value in schema.items() if key not in ("title", "description")},
         }
@@ -685,12 +1481,13 @@ class DataCheck:
 
     def rejection(self, event: CloudEvent, fields: dict[str, Any]) -> str | None:
         """The reason to dead-letter ``event``, or None to forward it. Unknown types cost one dict lookup."""
-        if self._mode == "off" or event.type not in _BY_TYPE:
+        if self._mode == "off" or not (_RESOLVED.get(event.type) or _resolve(event.type))[1]:
             return None
         problem = check_data(event.type, event.data, Direction.COMMAND)
         if problem is None:
             return None
-        self._metrics.events_invalid_data.labels(event.type, self._mode).inc()
+        label = event.type if is_known(event.type) else specs_for(event.type)[0].event_type  # bounded labels
+        self._metrics.events_invalid_data.labels(label, self._mode).inc()
         if self._mode == "enforce":
             return f"data does not fit the catalogue model of {event.type}: {problem}"
         log.warning("outbound.invalid_data", **fields, reason=problem, action="forwarded (validation.data: warn)")

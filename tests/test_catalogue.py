@@ -313,3 +313,384 @@ def test_the_shared_corpus_validates() -> None:
     code = validate_files(files, out)
     assert code == 0, out.getvalue()
     assert all("not in the catalogue" not in line for line in out.getvalue().splitlines())
+
+
+# --- every generation, from the project's own fixtures (tests/fixtures/lamassu/) ---------------------
+
+FIXTURES = ROOT / "tests" / "fixtures" / "lamassu"
+VALID_FIXTURES = sorted(path for path in FIXTURES.rglob("*.json") if path.parent.name != "invalid")
+INVALID_FIXTURES = sorted((FIXTURES / "invalid").glob("*.json"))
+
+# Mutated fixture -> what the rejection must name. Each is a real shape with one thing wrong.
+INVALID_EXPECTED: dict[str, str] = {
+    "v1-io.lamassu.ca.create--not-x509": "data.cert: does not decode to an X.509 certificate",
+    "v1-io.lamassu.iotcore.ca.status.update--request-status-revoked": "data.status: Input should be 'ACTIVE'",
+    "v2.0-io.lamassuiot.ca.revoke--serial-not-hex": "data.serial_number: String should match pattern",
+    "v2.0-io.lamassuiot.certificate.sign--ca-certificate-empty": "data.ca_certificate: does not decode to a PEM",
+    "v2.0-io.lamassuiot.device.create--v3-status": "data.status: Input should be 'PENDING_PROVISIONING'",
+    "v2.0-io.lamassuiot.device.forceReenroll--crt-missing": "data.crt is missing",
+    "v2.0-io.lamassuiot.device.rotate--status-lower-case": "data.active_certificate.status",
+    "v2.0-io.lamassuiot.dms.create--dms-missing": "data.dms is missing",
+    "v2.0-io.lamassuiot.dms.update--status-active": "data.status: Input should be 'PENDING_APPROVAL'",
+    "v2.4.0-ca.update.status--previous-missing": "data.previous is missing",
+    "v2.4.0-certificate.update.status--not-x509": "data.updated.certificate: does not decode to an X.509",
+    "v2.4.0-device.update.status--status-unknown": "data.updated.status: Input should be 'NO_IDENTITY'",
+    "v2.8.0-ca.certificate.import--serial-not-hex": "data.serial_number: String should match pattern",
+    "v2.8.0-ca.create--certificate-not-base64": "data.certificate: is not valid base64",
+    "v2.8.0-ca.metadata.update--flat-status-missing": "data.updated.status is missing",
+    "v2.8.0-dms.update--empty-id": "data.previous.id: String should have at least 1 character",
+    "v3.1.0-ca.status.update--status-unknown": "data.updated.status: Input should be 'ACTIVE'",
+    "v3.4.0-ca.issuance-expiration.update--previous-a-list": "data.previous: Input should be a valid dictionary",
+    "v3.4.0-ca.request--status-unknown": "data.status: Input should be 'ISSUED'",
+    "v3.4.0-ca.status.update--serial-with-spaces": "data.updated.serial_number: String should match pattern",
+    "v3.4.0-va.crl.create--empty-this-update": "data.ThisUpdate: String should have at least 1 character",
+    "v3.4.0-va.role.update--ski-missing": "data.CASubjectKeyID is missing",
+    "v3.6.0-ca.request--csr-is-a-certificate": "data.csr: does not decode to a PEM CERTIFICATE REQUEST block",
+    "v3.6.0-kms.import--id-missing": "data.id is missing",
+    "v3.8.0-audit.ca.create--has-error-true": "data.has_error: must be false",
+    "v3.8.0-audit.ca.sign.signature--has-error-zero": "data.has_error: Input should be a valid boolean",
+    "v3.8.0-audit.kms.sign--input-a-string": "data.input: Input should be a valid dictionary",
+    "v3.8.0-ca.create--certificate-missing": "data.certificate is missing",
+    "v3.8.0-ca.create--status-mixed-case": "data.certificate.status: Input should be 'ACTIVE'",
+    "v3.8.0-ca.create.error--output-missing": "data.output is missing",
+    "v3.8.0-ca.delete--cascade-not-bool": "data.CascadeDelete: Input should be a valid boolean",
+    "v3.8.0-ca.delete--json-tag-names": "data.CAID is missing",
+    "v3.8.0-ca.profile.update--serial-dash": "data.updated.certificate.serial_number: String should match",
+    "v3.8.0-ca.reissue--flat-shape": "data.updated.certificate: Input should be a valid dictionary",
+    "v3.8.0-ca.sign.signature--data-instead-of-data-base64": "data: must be absent",
+    "v3.8.0-certificate.delete--serial-with-spaces": "data.SerialNumber: String should match pattern",
+    "v3.8.0-certificate.import--issuer-serial-word": "data.issuer_metadata.serial_number",
+    "v3.8.0-certificate.metadata.update--not-x509": "data.updated.certificate: does not decode to an X.509",
+    "v3.8.0-certificate.status.update--status-title-case": "data.updated.status: Input should be 'ACTIVE'",
+    "v3.8.0-device-group.create--id-missing": "data.id is missing",
+    "v3.8.0-device-group.delete--empty-object": "data.ID is missing",
+    "v3.8.0-device.delete--empty-id": "data.ID: String should have at least 1 character",
+    "v3.8.0-dms.bind-device-id--device-status-lower-case": "data.device.status",
+    "v3.8.0-dms.delete--json-tag-name": "data.ID is missing",
+    "v3.8.0-dms.enroll--csr-not-certificate": "data.certificate: does not decode to a PEM CERTIFICATE block",
+    "v3.8.0-dms.reenroll--aps-missing": "data.aps is missing",
+    "v3.8.0-kms.create--empty-key-id": "data.key_id: String should have at least 1 character",
+    "v3.8.0-kms.delete--empty-identifier": "data.Identifier: String should have at least 1 character",
+    "v3.8.0-kms.name.update--updated-missing": "data.updated is missing",
+    "v3.8.0-kms.sign--signature-not-base64": "data.signature: is not valid base64",
+    "v3.8.0-kms.sign.error--output-an-object": "data.output: Input should be a valid string",
+    "v3.8.0-kms.verify--valid-a-string": "data.valid: Input should be a valid boolean",
+    "v3.8.0-profile.issuance.create--not-an-object": "data: Input should be a valid dictionary",
+    "v3.8.0-profile.issuance.delete--json-tag-name": "data.ProfileID is missing",
+    "v3.8.0-va.role.crl.create--next-update-missing": "data.NextUpdate is missing",
+    "v3.8.0-va.role.update--empty-ski": "data.ca_ski: String should have at least 1 character",
+}
+
+# core/pkg/models/events.go at v3.8.0: every EventType constant.
+LAMASSU_V38_CONSTANTS = [
+    "ca.create",
+    "ca.request",
+    "ca.import",
+    "ca.certificate.import",
+    "ca.profile.update",
+    "ca.status.update",
+    "ca.metadata.update",
+    "ca.reissue",
+    "ca.sign.certificate",
+    "ca.sign.signature",
+    "ca.delete",
+    "kms.create",
+    "kms.import",
+    "kms.metadata.update",
+    "kms.aliases.update",
+    "kms.name.update",
+    "kms.tags.update",
+    "kms.delete",
+    "kms.sign",
+    "kms.verify",
+    "profile.issuance.create",
+    "profile.issuance.update",
+    "profile.issuance.delete",
+    "certificate.create",
+    "certificate.import",
+    "certificate.status.update",
+    "certificate.metadata.update",
+    "certificate.delete",
+    "dms.create",
+    "dms.update",
+    "dms.metadata.update",
+    "dms.delete",
+    "dms.enroll",
+    "dms.reenroll",
+    "dms.bind-device-id",
+    "device.create",
+    "device.identity.update",
+    "device.status.update",
+    "device.metadata.update",
+    "device.delete",
+    "device-group.create",
+    "device-group.update",
+    "device-group.delete",
+    "va.role.update",
+    "va.role.crl.init",
+    "va.role.crl.create",
+    "any",
+]
+
+
+def _event_of(path: Path) -> Any:
+    return parse_structured(path.read_bytes(), repair_missing_id=False).event
+
+
+def test_the_fixtures_cover_every_type_of_every_generation() -> None:
+    assert len(VALID_FIXTURES) >= 170 and len(INVALID_FIXTURES) >= 50
+    seen = {_event_of(path).type for path in VALID_FIXTURES}
+    catalogued = {spec.event_type for spec in catalogue.SPECS if spec.kind is catalogue.EventKind.EVENT}
+    assert catalogued - seen == set(), "every catalogue type needs a fixture"
+    assert {t for t in seen if t.startswith("audit.")} and {t for t in seen if t.endswith(".error")}
+    folders = {path.parent.name for path in VALID_FIXTURES}
+    assert folders == {"v1", "v2.0", "v2.4.0", "v2.8.0", "v3.1.0", "v3.4.0", "v3.6.0", "v3.8.0"}
+
+
+def test_validate_accepts_every_fixture_of_every_generation() -> None:
+    result = cli("validate", *(str(path) for path in VALID_FIXTURES))
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(VALID_FIXTURES)
+    assert all(": ok: " in line and "not in the catalogue" not in line for line in lines), result.stdout
+
+
+def test_validate_rejects_every_mutated_fixture_naming_the_field() -> None:
+    assert sorted(path.stem for path in INVALID_FIXTURES) == sorted(INVALID_EXPECTED)
+    result = cli("validate", *(str(path) for path in INVALID_FIXTURES))
+    assert result.returncode == 1
+    verdicts = dict(line.split(": ", 1) for line in result.stdout.splitlines())
+    for path in INVALID_FIXTURES:
+        verdict = verdicts[str(path)]
+        assert verdict.startswith("invalid: invalid_data: "), f"{path.name}: {verdict}"
+        assert INVALID_EXPECTED[path.stem] in verdict, f"{path.name}: {verdict}"
+        assert "shape " not in verdict  # shape tags never leak into the field path
+
+
+def test_the_v38_event_types_are_all_catalogued_or_known_unpublished() -> None:
+    assert len(LAMASSU_V38_CONSTANTS) == 47
+    catalogued = {spec.event_type for spec in catalogue.SPECS if spec.generation is catalogue.Generation.V3}
+    unpublished_at_head = {"any", "ca.request", "ca.certificate.import"}
+    assert set(LAMASSU_V38_CONSTANTS) - catalogued == {"any"}
+    assert unpublished_at_head <= set(catalogue.DECLARED_NOT_PUBLISHED)
+    assert len(set(LAMASSU_V38_CONSTANTS) - unpublished_at_head) == 44
+    for name in ("ca.request", "ca.certificate.import"):  # published by older releases only
+        (spec,) = catalogue.specs_for(name)
+        assert spec.until is not None
+
+
+def test_every_generation_has_its_types() -> None:
+    by_generation: dict[catalogue.Generation, set[str]] = {}
+    for spec in catalogue.SPECS:
+        by_generation.setdefault(spec.generation, set()).add(spec.event_type)
+    assert len(by_generation[catalogue.Generation.V2_0]) == 18
+    assert by_generation[catalogue.Generation.V2_4] == {
+        "ca.update.status",
+        "ca.update.metadata",
+        "certificate.update.status",
+        "certificate.update.metadata",
+        "device.update.identity",
+        "device.update.status",
+        "device.update.metadata",
+        "dms.update.metadata",
+    }
+    for spec in catalogue.SPECS:
+        if spec.generation in (catalogue.Generation.V2_4, catalogue.Generation.V3):
+            assert spec.since is not None and spec.releases is not None, spec.event_type
+
+
+@pytest.mark.parametrize("path", VALID_FIXTURES, ids=lambda path: f"{path.parent.name}/{path.stem}")
+def test_warn_mode_raises_no_warning_on_real_shapes(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    warnings: list[tuple[str, dict[str, Any]]] = []
+
+    class Recorder:
+        def warning(self, event: str, **fields: Any) -> None:
+            warnings.append((event, fields))
+
+    monkeypatch.setattr(catalogue, "log", Recorder())
+    metrics = Metrics()
+    event = _event_of(path)
+    direction = Direction.REPLY if event.source.startswith(("aws", "cloud")) else Direction.COMMAND
+    assert check_data(event.type, event.data, direction) is None
+    if direction is Direction.COMMAND:  # the outbound flow only ever sees Lamassu's side
+        assert DataCheck("warn", metrics).rejection(event, {}) is None
+        assert DataCheck("enforce", metrics).rejection(event, {}) is None
+    assert warnings == []
+    assert (
+        metrics.registry.get_sample_value(
+            "lamassu_connector_events_invalid_data_total", {"event_type": event.type, "mode": "warn"}
+        )
+        is None
+    )
+
+
+@pytest.mark.parametrize("path", INVALID_FIXTURES, ids=lambda path: path.stem)
+def test_enforce_dead_letters_and_warn_forwards_the_mutated_fixtures(path: Path) -> None:
+    event = _event_of(path)
+    metrics = Metrics()
+    direction = Direction.REPLY if event.source.startswith(("aws", "cloud")) else Direction.COMMAND
+    if direction is Direction.REPLY:
+        assert check_data(event.type, event.data, direction) is not None
+        return
+    reason = DataCheck("enforce", metrics).rejection(event, {})
+    assert reason is not None and INVALID_EXPECTED[path.stem] in reason
+    assert DataCheck("warn", metrics).rejection(event, {}) is None
+    for mode in ("warn", "enforce"):
+        assert (
+            metrics.registry.get_sample_value(
+                "lamassu_connector_events_invalid_data_total", {"event_type": event.type, "mode": mode}
+            )
+            == 1
+        )
+
+
+# --- shapes that changed between releases ---------------------------------------------------------
+
+
+def _fixture_data(rel: str) -> Any:
+    return _event_of(FIXTURES / rel).data
+
+
+def test_a_ca_is_accepted_flat_up_to_v31_and_nested_from_v32() -> None:
+    flat, nested = _fixture_data("v3.1.0/ca.create.json"), _fixture_data("v3.8.0/ca.create.json")
+    assert isinstance(flat["certificate"], str) and isinstance(nested["certificate"], dict)
+    for event_type in ("ca.create", "ca.import"):
+        assert check_data(event_type, flat) is None
+        assert check_data(event_type, nested) is None
+    # each shape is checked as itself: a flat CA needs its top-level status, a nested one its object
+    flat_without_status = {key: value for key, value in flat.items() if key != "status"}
+    assert check_data("ca.create", flat_without_status) == "data.status is missing"
+    assert check_data("ca.create", {**nested, "certificate": None}) is not None
+    # an update may even straddle an upgrade (previous stored flat, updated nested): each side alone
+    assert check_data("ca.status.update", {"previous": flat, "updated": nested}) is None
+    # CA types born after v3.2 accept only the nested shape
+    assert check_data("ca.reissue", {"previous": nested, "updated": nested}) is None
+    assert check_data("ca.reissue", {"previous": flat, "updated": nested}) is not None
+
+
+def test_kms_and_va_shapes_of_each_release() -> None:
+    assert check_data("kms.create", _fixture_data("v3.6.0/kms.create.json")) is None  # id
+    assert check_data("kms.create", _fixture_data("v3.8.0/kms.create.json")) is None  # key_id
+    assert check_data("kms.delete", {"ID": "k-1"}) is None  # v3.6 GetByIDInput
+    assert check_data("kms.delete", {"Identifier": "k-1"}) is None  # v3.7+ GetKeyInput
+    assert check_data("kms.delete", {"identifier": "k-1"}) == "data.Identifier is missing"
+    assert check_data("va.role.update", _fixture_data("v3.4.0/va.role.update.json")) is None  # Go field names
+    assert check_data("va.role.update", _fixture_data("v3.8.0/va.role.update.json")) is None  # ca_ski
+
+
+def test_serial_numbers_of_every_release_and_the_unknown_issuer() -> None:
+    certificate = _fixture_data("v3.8.0/certificate.create.json")
+    for serial in ("7d-a2-8e", "7da28e", "7DA28E", "0a:1b"):
+        assert check_data("certificate.create", {**certificate, "serial_number": serial}) is None
+    # an imported certificate whose issuer is not in Lamassu: issuer_metadata.serial_number "-"
+    imported = _fixture_data("v3.8.0/certificate.import.json")
+    assert imported["issuer_metadata"] == {"serial_number": "-", "id": "-", "level": -1}
+    assert check_data("certificate.import", imported) is None
+    # ... but "-" never names a certificate itself
+    problem = check_data("certificate.create", {**certificate, "serial_number": "-"})
+    assert problem is not None and problem.startswith("data.serial_number")
+
+
+def test_the_signature_travels_in_data_base64() -> None:
+    event = _event_of(FIXTURES / "v3.8.0" / "ca.sign.signature.json")
+    assert event.data is None and event.data_base64
+    assert check_data("ca.sign.signature", event.data) is None
+    assert check_data("ca.sign.signature", {"signature": event.data_base64}) is not None
+
+
+def test_new_certificate_fields_are_checked_for_shape_without_an_x509_parse() -> None:
+    catalogue._certificate_problem.cache_clear()
+    assert check_data("dms.enroll", _fixture_data("v3.8.0/dms.enroll.json")) is None
+    assert catalogue._certificate_problem.cache_info().misses == 0  # no X.509 parse on the enroll path
+    # ... while the certificate fields checked before keep their X.509 parse
+    assert check_data("certificate.create", _fixture_data("v3.8.0/certificate.create.json")) is None
+    assert catalogue._certificate_problem.cache_info().misses == 1
+
+
+# --- audit copies, error records and the outbound policy's inputs --------------------------------
+
+
+def test_event_kind_names_audit_copies_and_error_records() -> None:
+    kind = catalogue.event_kind
+    assert kind("ca.create") is catalogue.EventKind.EVENT
+    assert kind("io.lamassu.iotcore.config.response") is catalogue.EventKind.EVENT
+    assert kind("audit.ca.create") is catalogue.EventKind.AUDIT
+    assert kind("audit.ca.certificate.import") is catalogue.EventKind.AUDIT  # an audit-only action name
+    assert kind("audit.kms.future.action") is catalogue.EventKind.AUDIT  # any Lamassu action, also newer ones
+    assert kind("ca.create.error") is catalogue.EventKind.ERROR
+    assert kind("kms.sign.error") is catalogue.EventKind.ERROR
+    for other in ("io.example.thing", "audit.something.else", "device.error", "error", "audit."):
+        assert kind(other) is catalogue.EventKind.UNKNOWN, other
+    assert catalogue.action_of("audit.ca.sign.signature") == "ca.sign.signature"
+    assert catalogue.action_of("kms.sign.error") == "kms.sign"
+    assert catalogue.action_of("ca.create") == "ca.create"
+    assert {spec.event_type for spec in catalogue.SPECS} >= catalogue.AUDITED_ACTIONS
+
+
+def test_audit_and_error_envelopes() -> None:
+    audit = {"input": {"CAID": "ca-1", "CascadeDelete": False}, "has_error": False, "output": {}}
+    assert check_data("audit.ca.delete", audit) is None
+    assert check_data("audit.certificate.delete", {**audit, "output": None}) is None
+    assert check_data("audit.ca.delete", {**audit, "has_error": True}) == "data.has_error: must be false (got True)"
+    failed = {"input": {"CAID": "ca-1"}, "has_error": True, "output": "ca not found"}
+    assert check_data("ca.delete.error", failed) is None
+    assert check_data("ca.delete.error", {**failed, "has_error": False}) == "data.has_error: must be true (got False)"
+    assert check_data("ca.delete.error", audit) is not None
+    assert check_data("io.example.audit", {"anything": 1}) is None  # unknown types still pass
+
+
+def test_unknown_types_are_resolved_once_and_the_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(catalogue, "_RESOLVED", {})
+    monkeypatch.setattr(catalogue, "_CACHE_LIMIT", 3)
+    for index in range(10):
+        assert catalogue.event_kind(f"io.example.type{index}") is catalogue.EventKind.UNKNOWN
+    assert len(catalogue._RESOLVED) == 3
+
+
+def test_listing_rows_carry_generation_releases_and_kind() -> None:
+    rows = {row["type"]: row for row in (spec.listing() for spec in catalogue.SPECS)}
+    assert rows["ca.profile.update"] | {"fields": None} == {
+        "type": "ca.profile.update",
+        "generation": "v2.4+/v3",
+        "releases": "v3.5.0+",
+        "direction": "command",
+        "kind": "event",
+        "fields": None,
+        "answers": None,
+        "summary": "a CA's issuance profile changed",
+        "note": None,
+    }
+    assert rows["ca.update.status"]["releases"] == "v2.4.0-v2.5.0"
+    assert rows["audit.*"]["kind"] == "audit" and rows["*.error"]["kind"] == "error"
+    assert "private key" in (rows["io.lamassuiot.dms.create"]["note"] or "")
+    listed = json.loads(cli("events", "--json").stdout)
+    assert {entry["type"] for entry in listed} == {spec.event_type for spec in catalogue.SPECS}
+    assert {entry["generation"] for entry in listed} == {generation.value for generation in catalogue.Generation}
+
+
+def test_the_generations_doc_names_every_type() -> None:
+    text = (ROOT / "docs" / "lamassu-generations.md").read_text(encoding="utf-8")
+    missing = [spec.event_type for spec in catalogue.SPECS if f"`{spec.event_type}`" not in text]
+    assert not missing, f"docs/lamassu-generations.md does not mention {missing}"
+    for name in catalogue.DECLARED_NOT_PUBLISHED:
+        assert f"`{name}`" in text
+
+
+def test_known_types_are_a_bounded_set_for_metric_labels() -> None:
+    assert catalogue.is_known("ca.create") and catalogue.is_known("io.lamassu.iotcore.config.response")
+    assert catalogue.is_known("audit.ca.sign.certificate") and catalogue.is_known("kms.sign.error")
+    assert not catalogue.is_known("audit.ca.made-up-action") and not catalogue.is_known("ca.made-up.error")
+    assert not catalogue.is_known("io.example.thing")
+    metrics = Metrics()
+    odd = parse_structured(
+        orjson.dumps(
+            {"specversion": "1.0", "id": "1", "source": "s", "type": "audit.ca.made-up-action", "data": {"x": 1}}
+        )
+    ).event
+    assert DataCheck("enforce", metrics).rejection(odd, {}) is not None  # checked like every audit copy
+    assert (
+        metrics.registry.get_sample_value(
+            "lamassu_connector_events_invalid_data_total", {"event_type": "audit.*", "mode": "enforce"}
+        )
+        == 1
+    )
