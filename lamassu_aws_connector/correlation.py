@@ -14,10 +14,11 @@ measures, it never blocks or drops an event.
 
 Replicas act as one (fleet.py): every replica announces the tracked commands SQS confirmed on a
 fanout exchange, and keeps every replica's outstanding commands; a reply to a command another
-replica sent is announced to the fleet so its owner gets it. Each outcome is counted once across the fleet: matched, expired, evicted and tracked by
-the replica that sent the command (its *owner*), orphan and unsolicited by the replica that relayed
-the reply; summing a metric over the replicas gives the fleet's figure. A ``POST /v1/commands``
-caller is answered by its replica whichever replica received the reply.
+replica sent is announced to the fleet so its owner gets it. Each outcome is counted once across
+the fleet: matched, expired, evicted and tracked by the replica that sent the command (its
+*owner*), orphan and unsolicited by the replica that relayed the reply; summing a metric over the
+replicas gives the fleet's figure. A ``POST /v1/commands`` caller is answered by its replica
+whichever replica received the reply.
 """
 
 from __future__ import annotations
