@@ -142,6 +142,10 @@ class ForwardConfig(_Section):
     max_batches_in_flight: int = Field(8, ge=1, le=128)
     max_entry_attempts: int = Field(8, ge=1)
     retry_max_backoff_seconds: float = Field(20.0, gt=0)
+    # Lamassu v3.5+ audit copies (audit.<type>) and error records (<type>.error), applied after
+    # `types` (docs/lamassu-generations.md): an audit copy repeats the event it audits.
+    audit: Literal["skip", "forward"] = "skip"
+    errors: Literal["forward", "skip"] = "forward"
 
 
 class ValidationConfig(_Section):
@@ -253,6 +257,95 @@ class ClaimCheckConfig(_Section):
         return self
 
 
+# --- reply actions (actions.py) ---------------------------------------------------------------
+
+# RFC 5280 CRLReason names as Lamassu v3 spells them (core/pkg/models/revocation_reason.go).
+RevocationReason = Literal[
+    "Unspecified",
+    "KeyCompromise",
+    "CACompromise",
+    "AffiliationChanged",
+    "Superseded",
+    "CessationOfOperation",
+    "CertificateHold",
+    "RemoveFromCRL",
+    "PrivilegeWithdrawn",
+    "AACompromise",
+]
+
+
+class LamassuCaTlsConfig(AmqpTlsConfig):
+    """TLS to the Lamassu CA API, as ``amqp.tls``: ``ca_file`` signed its certificate (system CAs when
+    unset), ``cert_file`` + ``key_file`` give mutual TLS; only an explicit ``verify: false`` turns
+    verification off."""
+
+
+class LamassuCaConfig(_Section):
+    # The CA service's base URL as the API gateway exposes it, e.g. https://lamassu.example/api/ca;
+    # requests go to <url>/v1/...
+    url: str = ""
+    tls: LamassuCaTlsConfig = Field(default_factory=LamassuCaTlsConfig)
+    # Bearer token (a JWT Lamassu's identity provider issued to the connector); with or without mutual
+    # TLS. Set it through LAMASSU_ACTIONS__LAMASSU_CA__BEARER_TOKEN or a mounted file, never in a ConfigMap.
+    bearer_token: SecretStr | None = None
+    bearer_token_file: str | None = None
+    timeout_seconds: float = Field(10.0, gt=0, le=300)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname):
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _token_and_tls(self) -> LamassuCaConfig:
+        if self.bearer_token_file:
+            try:
+                token = Path(self.bearer_token_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"bearer_token_file {self.bearer_token_file!r} cannot be read: {exc.strerror}"
+                ) from None
+            if not token:
+                raise ValueError(f"bearer_token_file {self.bearer_token_file!r} is empty")
+            self.bearer_token = SecretStr(token)
+        tls_files = (self.tls.ca_file, self.tls.cert_file, self.tls.key_file)
+        if self.url and urlsplit(self.url).scheme != "https" and any(tls_files):
+            raise ValueError("tls is set, but url does not start with https://")
+        return self
+
+
+class ActionsConfig(_Section):
+    """What the connector does with some replies beside relaying them (actions.py); off by default."""
+
+    enabled: bool = False
+    lamassu_ca: LamassuCaConfig = Field(default_factory=LamassuCaConfig)
+    # io.lamassu.iotcore.ca.registration.response-code: sign the code with the Lamassu CA and send
+    # io.lamassu.iotcore.ca.registration.signed-code to the command queue.
+    sign_registration_code: bool = True
+    profile_id: str = ""  # issuance profile for the verification certificate; empty: the CA's default
+    # io.lamassu.iotcore.cert.status.update with status REVOKED: revoke the certificate in Lamassu.
+    revoke_certificates: bool = True
+    revocation_reason: RevocationReason = "Unspecified"
+    # CA name (as the replies carry it) -> Lamassu v3 CA id; names not here are looked up by common name.
+    ca_ids: dict[str, str] = Field(default_factory=dict)
+    # Attempts per reply for timeouts, 5xx and 429; then the reply is dead-lettered as action_failed.
+    max_attempts: int = Field(8, ge=1, le=100)
+    retry_max_backoff_seconds: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _url_when_enabled(self) -> ActionsConfig:
+        if self.enabled and not self.lamassu_ca.url:
+            raise ValueError("actions are enabled: set actions.lamassu_ca.url (e.g. https://lamassu.example/api/ca)")
+        if any(not name or not ca_id for name, ca_id in self.ca_ids.items()):
+            raise ValueError("ca_ids: names and ids must be non-empty strings")
+        return self
+
+
+# --- end reply actions --------------------------------------------------------------------------
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -271,6 +364,7 @@ class Settings(BaseSettings):
     health: HealthConfig = Field(default_factory=HealthConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     claim_check: ClaimCheckConfig = Field(default_factory=ClaimCheckConfig)
+    actions: ActionsConfig = Field(default_factory=ActionsConfig)  # reply actions (actions.py)
 
     @classmethod
     def settings_customise_sources(
@@ -288,6 +382,9 @@ class Settings(BaseSettings):
         """The effective configuration with every secret replaced, safe to print or log."""
         dumped = self.model_dump(mode="json")
         dumped["amqp"]["url"] = mask_url(self.amqp.url)
+        lamassu_ca = dumped["actions"]["lamassu_ca"]  # reply actions: the token and any URL password
+        lamassu_ca["url"] = mask_url(self.actions.lamassu_ca.url)
+        lamassu_ca["bearer_token"] = "***" if self.actions.lamassu_ca.bearer_token is not None else None
         return dumped
 
 

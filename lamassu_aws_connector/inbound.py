@@ -31,6 +31,7 @@ from aio_pika.abc import DeliveryMode
 from aiormq.exceptions import PublishError
 
 from . import tracing
+from .actions import ReplyActions
 from .amqp import AmqpGateway, string_headers
 from .claimcheck import ClaimCheck, Unresolvable
 from .config import APP_ID, Settings
@@ -100,8 +101,10 @@ class InboundPipeline:
         claim_check: ClaimCheck | None = None,
         correlation: CorrelationTable | None = None,
         health: DependencyHealth | None = None,
+        actions: ReplyActions | None = None,
     ) -> None:
         self._settings = settings
+        self._actions = actions  # reply actions (actions.py), when actions.enabled
         self._correlation = correlation
         self._amqp = amqp
         self._sqs = sqs
@@ -145,6 +148,8 @@ class InboundPipeline:
     async def stop(self) -> None:
         """Stop receiving; let the batches being published settle. Bound it with a timeout."""
         self._stopping.set()
+        if self._actions is not None:
+            self._actions.stop()  # a reply whose action keeps failing is left in SQS
         await asyncio.gather(*self._pollers, return_exceptions=True)
         await asyncio.gather(*self._batches, return_exceptions=True)
 
@@ -271,6 +276,15 @@ class InboundPipeline:
             if resolved is not None:
                 self._health.up(S3)
                 parsed, raw = resolved, resolved.body
+        if self._actions is not None:
+            # Reply actions (actions.py): act first, relay after, so a reply that waits for its action
+            # is never relayed twice. Lamassu or SQS away: the reply stays in SQS, like an S3 outage.
+            verdict = await self._actions.act(parsed, fields)
+            if verdict.held:
+                return
+            if verdict.code is not None:
+                await self._dead_letter(item, raw, verdict.code, verdict.reason, fields)
+                return
         try:
             await self._publish_reply(item, raw, parsed)
         except PublishError:

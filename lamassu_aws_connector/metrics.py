@@ -14,10 +14,24 @@ from .outcomes import ErrorCode
 
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-SKIP_REASONS = ("loop_guard", "type_not_forwarded")
+SKIP_REASONS = ("loop_guard", "type_not_forwarded", "audit_copy", "error_record")
 API_OUTCOMES = ("replied", "timeout", "invalid", "unavailable", "rejected", "unauthorized", "conflict")
 CORRELATION_OUTCOMES = ("matched", "orphan", "unsolicited")
-RETRY_POLICIES = ("sqs_hold", "reply_publish", "poller")
+RETRY_POLICIES = ("sqs_hold", "reply_publish", "poller", "reply_action")
+# --- reply actions (actions.py) ---
+# The outcomes each action can have: every pair exists at 0 from the start.
+REPLY_ACTION_OUTCOMES = {
+    "sign_registration_code": ("succeeded", "duplicate", "rejected", "failed", "deferred"),
+    "revoke_certificate": ("succeeded", "already_revoked", "not_needed", "duplicate", "rejected", "failed", "deferred"),
+}
+LAMASSU_CA_OPERATIONS = ("get_ca", "get_cas_by_cn", "sign_certificate", "get_certificate", "update_certificate_status")
+# The status label of a Lamassu CA request: the HTTP codes the actions tell apart, the other codes by
+# class, or why no answer came.
+LAMASSU_CA_STATUSES = (
+    "2xx", "400", "401", "403", "404", "409", "429", "3xx", "4xx", "5xx", "timeout", "unreachable", "tls",
+)  # fmt: skip
+LAMASSU_CA_STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error")
+# --- end reply actions ---
 OTHER_TYPE = "other"  # the event_type label of every type the catalogue does not know
 
 
@@ -189,6 +203,12 @@ class Metrics:
             ["kind", "outcome"],
             registry=r,
         )
+        self.lamassu_failures = Counter(
+            "lamassu_connector_lamassu_failures",
+            "Error records (<action>.error) of Lamassu's CA/KMS services, forwarded or not, by failed action",
+            ["action"],
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "lamassu_connector_queue_depth",
             "Messages waiting, sampled every health.depth_seconds: the events queue and both dead-letter "
@@ -220,6 +240,30 @@ class Metrics:
         self.s3_errors = Counter(
             "lamassu_connector_s3_errors", "S3 calls that failed", ["operation", "code"], registry=r
         )
+        # --- reply actions (actions.py) ---
+        self.reply_actions = Counter(
+            "lamassu_connector_reply_actions",
+            "Reply actions by action (sign_registration_code, revoke_certificate) and outcome: succeeded, "
+            "already_revoked, not_needed, duplicate (done before by this process), rejected and failed "
+            "(dead-lettered as action_rejected / action_failed), deferred (Lamassu CA or SQS away: left in SQS)",
+            ["action", "outcome"],
+            registry=r,
+        )
+        self.lamassu_ca_requests = Counter(
+            "lamassu_connector_lamassu_ca_requests",
+            "Requests to the Lamassu CA API by operation and status (2xx, 400, 401, ..., 5xx; timeout, "
+            "unreachable, tls when no answer came)",
+            ["operation", "status"],
+            registry=r,
+        )
+        self.lamassu_ca_latency = Histogram(
+            "lamassu_connector_lamassu_ca_request_seconds",
+            "Latency of Lamassu CA API requests by status class (2xx, 3xx, 4xx, 5xx, error)",
+            ["status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        # --- end reply actions ---
         ProcessCollector(registry=r)
         self._preinitialise()
 
@@ -236,3 +280,11 @@ class Metrics:
         for policy in RETRY_POLICIES:
             self.retries.labels(policy)
         self.events_forwarded.labels(OTHER_TYPE)
+        for action, outcomes in REPLY_ACTION_OUTCOMES.items():  # reply actions (actions.py)
+            for outcome in outcomes:
+                self.reply_actions.labels(action, outcome)
+        for operation in LAMASSU_CA_OPERATIONS:
+            for status in LAMASSU_CA_STATUSES:
+                self.lamassu_ca_requests.labels(operation, status)
+        for status_class in LAMASSU_CA_STATUS_CLASSES:
+            self.lamassu_ca_latency.labels(status_class)

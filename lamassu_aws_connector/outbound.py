@@ -35,7 +35,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from . import tracing
 from .acks import Acker
 from .amqp import AmqpGateway, channel_open
-from .catalogue import DataCheck, is_known
+from .catalogue import AUDITED_ACTIONS, DataCheck, EventKind, action_of, event_kind, is_known
 from .claimcheck import Abandoned, ClaimCheck
 from .config import APP_ID, Settings
 from .correlation import CorrelationTable, correlation_id
@@ -372,6 +372,16 @@ class OutboundPipeline:
         if not self._forward(parsed.type):
             await self._skip(delivery, "type_not_forwarded", fields)
             return
+        kind = event_kind(parsed.type)
+        if kind is EventKind.AUDIT and self._settings.forward.audit == "skip":
+            await self._skip(delivery, "audit_copy", fields)
+            return
+        if kind is EventKind.ERROR:
+            action = action_of(parsed.type)
+            self._metrics.lamassu_failures.labels(action if action in AUDITED_ACTIONS else "other").inc()
+            if self._settings.forward.errors == "skip":
+                await self._skip(delivery, "error_record", fields)
+                return
         invalid_data = self._data_check.rejection(parsed.event, fields)
         if invalid_data is not None:
             await self._dead_letter(delivery, ErrorCode.INVALID_DATA, invalid_data, fields)

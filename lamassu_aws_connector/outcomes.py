@@ -67,6 +67,10 @@ class ErrorCode(StrEnum):
     AMQP_REJECTED = "amqp_rejected"  # the reply cannot be an AMQP message (shortstr, frame, encoding)
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"  # an item failed alone more often than its budget allows
     REDELIVERY_LIMIT = "redelivery_limit"  # the connector died while handling it, too many times
+    # Reply actions (actions.py): Lamassu refused the action (a 4xx such as an unknown CA), or it
+    # failed actions.max_attempts times (timeouts, 5xx, 429).
+    ACTION_REJECTED = "action_rejected"
+    ACTION_FAILED = "action_failed"
     # A bug in the connector must still end in a dead-letter queue, never in a redelivery loop.
     INTERNAL_ERROR = "internal_error"
 
@@ -391,3 +395,6 @@ DEAD_LETTER = RetryPolicy("dead_letter", first=0.2, cap=10)  # a dead-letter pub
 # (sqs.reply_max_attempts), so an outage never dead-letters replies.
 REPLY_PUBLISH = RetryPolicy("reply_publish", first=0.2, cap=10)
 S3_PUT = RetryPolicy("s3_put", first=0.2, cap=20)  # claim-check store, while the delivery can still be acked
+# A reply action whose Lamassu call timed out or got a 5xx / 429 (actions.retry_max_backoff_seconds,
+# actions.max_attempts), while the reply is kept invisible in SQS.
+REPLY_ACTION = RetryPolicy("reply_action", first=0.5, cap=60)

@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from . import __version__
+from .actions import LAMASSU_CA, ActionsUnusable, ReplyActions, open_reply_actions
 from .amqp import AmqpGateway, TlsError
 from .claimcheck import BucketMissing, ClaimCheck
 from .commands import CommandApi
@@ -50,6 +51,8 @@ class Service:
         dependencies: tuple[str, ...] = (COMMAND_QUEUE, RESPONSE_QUEUE)
         if settings.claim_check.bucket or settings.claim_check.reply_buckets:
             dependencies += (S3,)
+        if settings.actions.enabled:  # reply actions (actions.py)
+            dependencies += (LAMASSU_CA,)
         self.health = DependencyHealth(self.metrics, dependencies)
         self.commands: CommandApi | None = None
         if settings.http.commands:
@@ -128,6 +131,7 @@ class Service:
                 correlation=correlation,
                 health=self.health,
             )
+            actions = await self._reply_actions(stack, sqs, command_queue)
             self.inbound = InboundPipeline(
                 settings,
                 amqp,
@@ -137,6 +141,7 @@ class Service:
                 claim_check=claim_check,
                 correlation=correlation,
                 health=self.health,
+                actions=actions,
             )
             self.correlation.start()
             stack.push_async_callback(self.correlation.stop)
@@ -243,6 +248,21 @@ class Service:
                         raise
                     raise StartupError(f"cannot use SQS queue {name!r}: {exc}") from exc
         raise AssertionError("unreachable")
+
+    async def _reply_actions(
+        self, stack: AsyncExitStack, sqs: SqsGateway, command_queue: QueueInfo
+    ) -> ReplyActions | None:
+        """The reply actions and their Lamassu CA client (closed on the way out), when actions.enabled."""
+        if not self.settings.actions.enabled:
+            return None
+        assert self.outbound is not None
+        opened = open_reply_actions(
+            self.settings, self.metrics, self.health, outbound=self.outbound, sqs=sqs, command_queue=command_queue
+        )
+        try:
+            return await stack.enter_async_context(opened)
+        except ActionsUnusable as exc:
+            raise StartupError(str(exc)) from exc
 
     async def _claim_check(self, stack: AsyncExitStack) -> ClaimCheck | None:
         """The S3 client when a claim-check bucket or reply buckets are set; the bucket must exist.

@@ -12,4 +12,5 @@ export LAMASSU_TEST_AMQP_URL=$AMQP_URL LAMASSU_TEST_SQS_ENDPOINT=$SQS_ENDPOINT_U
 .venv/bin/ruff check lamassu_aws_connector tests bench
 .venv/bin/ruff format --check lamassu_aws_connector tests bench
 .venv/bin/mypy
+scripts/check-lowest-deps.sh  # the lowest allowed runtime dependencies still work (no services needed)
 .venv/bin/pytest -p no:cacheprovider "$@"

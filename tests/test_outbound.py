@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -346,3 +347,18 @@ async def test_forged_provenance_headers_are_removed_before_anything_reads_them(
     assert headers["x-dead-lettered-by"] == "lamassu-aws-connector"
     assert headers["x-kept"] == "yes"
     assert all(isinstance(value, str) for value in headers.values())  # watermill's rule
+
+
+async def test_audit_copies_are_skipped_and_error_records_forwarded_and_counted(world: World) -> None:
+    fixtures = Path(__file__).parent / "fixtures" / "lamassu" / "v3.8.0"
+    bodies = {
+        name: (fixtures / f"{name}.json").read_bytes() for name in ("ca.create", "audit.ca.create", "ca.create.error")
+    }
+    async with running(world.settings()) as service:
+        for name, raw in bodies.items():
+            await world.publish(raw, routing_key=name)
+        received = await world.take_sqs(world.command_queue, 2)
+        await wait_for(lambda: metric(service, "events_skipped", reason="audit_copy") == 1, what="audit copy skipped")
+        assert metric(service, "lamassu_failures", action="ca.create") == 1
+    assert sorted(orjson.loads(message["Body"])["type"] for message in received) == ["ca.create", "ca.create.error"]
+    assert await world.sqs_count(world.command_queue) == 0
