@@ -8,8 +8,8 @@
 #        - Reused if the port answers the AMQP 0-9-1 protocol header with Connection.Start.
 #        - Otherwise: installs the Debian package `rabbitmq-server` if absent (apt-get, noninteractive;
 #          policy-rc.d may keep the package from starting a broker, so we do not rely on it), then
-#          starts a private node owned by this script: node name lamassu<PORT>@localhost, data, logs,
-#          config and Erlang cookie under $SERVICES_HOME/rabbitmq-<PORT>, listening on 127.0.0.1 only.
+#          starts a private node owned by this clone: node name lamassu<PORT>@localhost, data, logs,
+#          config and Erlang cookie under $STATE_DIR/rabbitmq-<PORT>, listening on 127.0.0.1 only.
 #          It runs under setsid/nohup so it outlives the calling shell. Ready = port accepts, then
 #          `rabbitmqctl await_startup` (only after the port accepts: before the node has registered
 #          it fails at once), within $SERVICES_TIMEOUT seconds.
@@ -18,7 +18,7 @@
 #          is enabled online with `rabbitmq-plugins enable` (no restart) when RABBITMQ_MANAGEMENT=1.
 #     2. An SQS endpoint on 127.0.0.1:$SQS_PORT.
 #        - Reused if /_localstack/health reports sqs running/available (LocalStack), or if it is
-#          the moto server this script started earlier.
+#          the moto server this clone started earlier.
 #        - Otherwise LocalStack (localstack-core[runtime]==$LOCALSTACK_VERSION) is run on the host.
 #          It needs Python >= 3.12: found under $(pyenv root)/versions (3.13, 3.12, then newer),
 #          else python3.13/python3.12/python3 on PATH (each one is run to check it: pyenv shims
@@ -27,8 +27,8 @@
 #          reuse it; it is (re)built only if the marker file (written last, holding the pip
 #          requirements) is missing or different, or `import localstack` fails in it.
 #          Started with `python -m localstack.runtime.main` under setsid/nohup, pid in
-#          $SERVICES_HOME/sqs-<PORT>.pid, log in $SERVICES_HOME/localstack.log, files in
-#          FILESYSTEM_ROOT=$SERVICES_HOME/localstack-fs (its state part is wiped at each start,
+#          $STATE_DIR/sqs-<PORT>.pid, log in $STATE_DIR/localstack.log, files in
+#          FILESYSTEM_ROOT=$STATE_DIR/localstack-fs (its state part is wiped at each start,
 #          PERSISTENCE=0; its cache is kept). OVERRIDE_IN_DOCKER=0: this sandbox looks like a
 #          container to LocalStack, which would then ignore FILESYSTEM_ROOT (writing /var/lib/localstack,
 #          /etc/localstack) and ping Docker bridge addresses (172.17.0.1, 172.18.0.1) at import;
@@ -44,16 +44,28 @@
 #       rabbitmq: amqp://guest:***@127.0.0.1:5672/ (reused)
 #       sqs: http://127.0.0.1:4566 (localstack 2026.3.0, started)
 #     Progress and warnings go to stderr.
-#   down    Stops only what this script started: the SQS server by its pid file, RabbitMQ only if the
-#           marker $SERVICES_HOME/rabbitmq-<PORT>/started-by-services-sh exists.
-#   status  One line per service (up/down, who started it); exit 0 only if both are up.
+#   down    Stops only what THIS CLONE started: the SQS server by the pid file in $STATE_DIR, RabbitMQ
+#           only if the marker $STATE_DIR/rabbitmq-<PORT>/started-by-services-sh names a live node.
+#           A service another clone (or anyone else) started is left alone, and so is one recorded
+#           by an older services.sh in $SERVICES_HOME (its owner cannot be known).
+#   status  One line per service (up/down, and whether this clone started it); exit 0 only if both
+#           are up. Reads only: it creates and changes nothing.
 #   env     Prints export lines (AMQP_URL, SQS_ENDPOINT_URL, AWS_* dummy credentials) for `eval`.
 #   queues NAME...  Creates SQS queues on the endpoint (CreateQueue over the SQS JSON protocol with
 #           curl --aws-sigv4, dummy credentials test/test, region us-east-1); names ending in .fifo
 #           become FIFO queues with ContentBasedDeduplication=false. Prints one queue URL a line.
 #
+# Ownership. Every clone keeps its own state in $STATE_DIR (default: the clone's .services/, which
+# git ignores): the pid files and "started by" markers, the logs, LocalStack's files and RabbitMQ's
+# node directory. A record names the pid, the process start time (so a recycled pid is not taken for
+# ours) and the clone's path; a service counts as this clone's only if all three match. So a clone
+# reuses whatever already answers, but its `status` never claims, and its `down` never stops, a
+# LocalStack or RabbitMQ that another clone started. What clones share is $SERVICES_HOME: the
+# LocalStack and moto venvs (big, slow to build) and the lock that serialises `up` and `down`.
+#
 # Environment (all optional):
-#   LAMASSU_SERVICES_HOME  cache/state dir (default ${XDG_CACHE_HOME:-$HOME/.cache}/lamassu-aws-connector)
+#   LAMASSU_SERVICES_HOME  shared cache: venvs, lock (default ${XDG_CACHE_HOME:-$HOME/.cache}/lamassu-aws-connector)
+#   LAMASSU_SERVICES_STATE this clone's state dir (default <clone>/.services)
 #   SQS_PORT               SQS endpoint port (default 4566)
 #   RABBITMQ_PORT          AMQP port (default 5672)
 #   LAMASSU_SQS_BACKEND    auto (default: LocalStack, else moto) | localstack (no fallback) | moto
@@ -71,6 +83,8 @@ set -euo pipefail
 : "${HOME:=$(getent passwd "$(id -u)" | cut -d: -f6)}"
 export HOME   # pyenv, pip and Erlang need it; CI-like environments may not set it
 SERVICES_HOME=${LAMASSU_SERVICES_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/lamassu-aws-connector}
+CLONE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+STATE_DIR=${LAMASSU_SERVICES_STATE:-$CLONE_DIR/.services}
 SQS_PORT=${SQS_PORT:-4566}
 RABBITMQ_PORT=${RABBITMQ_PORT:-5672}
 SQS_BACKEND=${LAMASSU_SQS_BACKEND:-auto}
@@ -86,15 +100,20 @@ LOCALSTACK_REQS=("localstack-core[runtime]==$LOCALSTACK_VERSION" "cbor2<6" "pyop
 MOTO_VENV=$SERVICES_HOME/moto-venv
 MOTO_REQS=("moto[server]>=5,<6")
 
-# Files of the SQS server and the RabbitMQ node; suffixed by port only when it is not the default.
+# This clone's files of the SQS server and the RabbitMQ node; suffixed by port only when it is not
+# the default.
 sqs_suffix=""; [[ $SQS_PORT == 4566 ]] || sqs_suffix="-$SQS_PORT"
-SQS_PIDFILE=$SERVICES_HOME/sqs-$SQS_PORT.pid        # "<pid> <localstack|moto>"
-LOCALSTACK_LOG=$SERVICES_HOME/localstack$sqs_suffix.log
-LOCALSTACK_FS=$SERVICES_HOME/localstack-fs$sqs_suffix
-MOTO_LOG=$SERVICES_HOME/moto$sqs_suffix.log
-RMQ_DIR=$SERVICES_HOME/rabbitmq-$RABBITMQ_PORT
+SQS_PIDFILE=$STATE_DIR/sqs-$SQS_PORT.pid             # "<pid> <localstack|moto> <start time> <clone>"
+LOCALSTACK_LOG=$STATE_DIR/localstack$sqs_suffix.log
+LOCALSTACK_FS=$STATE_DIR/localstack-fs$sqs_suffix
+MOTO_LOG=$STATE_DIR/moto$sqs_suffix.log
+RMQ_DIR=$STATE_DIR/rabbitmq-$RABBITMQ_PORT
 RMQ_NODE=lamassu$RABBITMQ_PORT@localhost
-RMQ_MARKER=$RMQ_DIR/started-by-services-sh           # "<pid> <node>"
+RMQ_MARKER=$RMQ_DIR/started-by-services-sh           # "<pid> <node> <start time> <clone>"
+# Where services.sh kept them before state was per clone: shared by every clone, so not proof of
+# ownership. Only reported.
+LEGACY_SQS_PIDFILE=$SERVICES_HOME/sqs-$SQS_PORT.pid
+LEGACY_RMQ_MARKER=$SERVICES_HOME/rabbitmq-$RABBITMQ_PORT/started-by-services-sh
 RMQ_BIN=/usr/lib/rabbitmq/bin
 
 AMQP_DISPLAY="amqp://guest:***@$HOST:$RABBITMQ_PORT/"
@@ -117,12 +136,55 @@ amqp_probe() {
   [[ ${first// /} == 01 ]]
 }
 
-pid_alive() { [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null; }
+# True if pid $1 runs (a zombie, dead but not yet reaped by its parent, does not).
+pid_alive() {
+  [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null || return 1
+  ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
+}
 
 # True if pid $1 is alive and its command line contains $2 (guards against reused pids).
 pid_is() {
   pid_alive "$1" || return 1
   tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$2"
+}
+
+# The start time of pid $1 (clock ticks since boot, field 22 of /proc/PID/stat); with the pid it
+# names one process for good. Empty if there is no such process.
+pid_start() {
+  local stat fields
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  stat=${stat##*) }                   # the command name may hold spaces and parentheses
+  read -r -a fields <<<"$stat"
+  echo "${fields[19]:-}"
+}
+
+# Writes an ownership record: pid $2, what $3, to file $1 (with the start time and this clone).
+record_owner() {
+  mkdir -p "$(dirname "$1")"
+  printf '%s %s %s %s\n' "$2" "$3" "$(pid_start "$2")" "$CLONE_DIR" >"$1"
+}
+
+# Reads record $1; prints "<pid> <what>" if it is this clone's and its process still runs with the
+# same start time and a command line containing $2.
+owned_pid() {
+  local file=$1 needle=$2 pid what start clone
+  [[ -f $file ]] || return 1
+  read -r pid what start clone <"$file" || true
+  [[ -n $pid && -n $start && $clone == "$CLONE_DIR" ]] || return 1
+  pid_is "$pid" "$needle" || return 1
+  [[ $(pid_start "$pid") == "$start" ]] || return 1
+  echo "$pid $what"
+}
+
+# A note on stderr about a record an older services.sh left in the shared $SERVICES_HOME, if its
+# process still runs: some clone started it, which one cannot be known, so it is not claimed.
+legacy_note() {
+  local file=$1 needle=$2 service=$3 pid rest
+  [[ -f $file ]] || return 0
+  read -r pid rest <"$file" || true
+  pid_is "$pid" "$needle" || return 0
+  log "$service: $file (written by an older services.sh, shared by every clone) names pid $pid;" \
+    "which clone started it is unknown, so this one does not claim it (stop it yourself if it is yours)"
 }
 
 # Sends TERM to the process group led by pid $1 (our children are session leaders via setsid),
@@ -145,7 +207,7 @@ log_tail() {
 }
 
 take_lock() {
-  mkdir -p "$SERVICES_HOME"
+  mkdir -p "$SERVICES_HOME" "$STATE_DIR"
   exec 9>>"$SERVICES_HOME/.lock"
   flock -w 900 9 || die "could not lock $SERVICES_HOME/.lock within 900 s"
 }
@@ -172,10 +234,10 @@ RMQ_ENV=(HOME="$RMQ_DIR"
 rmq_private() { local cmd=$1; shift; env "${RMQ_ENV[@]}" "$RMQ_BIN/$cmd" "$@"; }
 
 rmq_ours_pid() {
-  local pid node
-  [[ -f $RMQ_MARKER ]] || return 1
-  read -r pid node <"$RMQ_MARKER" || true
-  [[ $node == "$RMQ_NODE" ]] && pid_is "$pid" rabbitmq-server && { echo "$pid"; return 0; }
+  local owned pid node
+  owned=$(owned_pid "$RMQ_MARKER" rabbitmq-server) || return 1
+  read -r pid node <<<"$owned"
+  [[ $node == "$RMQ_NODE" ]] && { echo "$pid"; return 0; }
   return 1
 }
 
@@ -215,7 +277,7 @@ rmq_start_private() {
   ( cd "$RMQ_DIR" && exec setsid nohup env "${RMQ_ENV[@]}" "$RMQ_BIN/rabbitmq-server" \
   ) >"$out" 2>&1 </dev/null 9>&- &
   pid=$!
-  echo "$pid $RMQ_NODE" >"$RMQ_MARKER"
+  record_owner "$RMQ_MARKER" "$pid" "$RMQ_NODE"
   deadline=$(( $(now) + SERVICES_TIMEOUT ))
   until port_open "$RABBITMQ_PORT"; do
     if ! pid_alive "$pid"; then
@@ -249,7 +311,7 @@ rmq_enable_management_on_reused() {
 rabbitmq_up() {
   if amqp_probe "$RABBITMQ_PORT"; then
     if rmq_ours_pid >/dev/null; then
-      RMQ_STATE="reused, node $RMQ_NODE started earlier by this script"
+      RMQ_STATE="reused, node $RMQ_NODE started earlier by this clone"
     else
       RMQ_STATE="reused"
     fi
@@ -294,7 +356,8 @@ rabbitmq_down() {
     echo "rabbitmq: stopped (node $RMQ_NODE)"
   else
     rm -f "$RMQ_MARKER"
-    echo "rabbitmq: not started by this script; left alone"
+    legacy_note "$LEGACY_RMQ_MARKER" rabbitmq-server rabbitmq
+    echo "rabbitmq: not started by this clone; left alone"
   fi
 }
 
@@ -316,12 +379,14 @@ moto_answers() {
   [[ -n $code && $code != 000 ]]
 }
 
-# Reads our pid file: sets SQS_OWN_PID and SQS_OWN_KIND if the recorded process is still alive.
+# Reads this clone's pid file: sets SQS_OWN_PID and SQS_OWN_KIND if the recorded process is still
+# the one this clone started.
 sqs_read_pidfile() {
   SQS_OWN_PID=""; SQS_OWN_KIND=""
-  [[ -f $SQS_PIDFILE ]] || return 1
-  local pid kind
-  read -r pid kind <"$SQS_PIDFILE" || true
+  local owned pid kind
+  owned=$(owned_pid "$SQS_PIDFILE" localstack.runtime.main) \
+    || owned=$(owned_pid "$SQS_PIDFILE" moto_server) || return 1
+  read -r pid kind <<<"$owned"
   case $kind in
     localstack) pid_is "$pid" localstack.runtime.main || return 1 ;;
     moto)       pid_is "$pid" moto_server || return 1 ;;
@@ -401,7 +466,7 @@ localstack_start() {
       OVERRIDE_IN_DOCKER=0 DOCKER_BRIDGE_IP="$HOST" "${extra[@]}" \
       "$venv_py" -m localstack.runtime.main ) >"$LOCALSTACK_LOG" 2>&1 </dev/null 9>&- &
   pid=$!
-  echo "$pid localstack" >"$SQS_PIDFILE"
+  record_owner "$SQS_PIDFILE" "$pid" localstack
   deadline=$(( $(now) + SERVICES_TIMEOUT ))
   while :; do
     if h=$(ls_health) && sqs_ready_in <<<"$h"; then
@@ -425,7 +490,7 @@ moto_start() {
   ( cd "$SERVICES_HOME" && exec setsid nohup "$MOTO_VENV/bin/moto_server" -H "$HOST" -p "$SQS_PORT" \
   ) >"$MOTO_LOG" 2>&1 </dev/null 9>&- &
   pid=$!
-  echo "$pid moto" >"$SQS_PIDFILE"
+  record_owner "$SQS_PIDFILE" "$pid" moto
   deadline=$(( $(now) + SERVICES_TIMEOUT ))
   until moto_answers; do
     if ! pid_alive "$pid"; then
@@ -464,11 +529,11 @@ sqs_up() {
     fi
     sqs_read_pidfile || true
     SQS_KIND="localstack $(version_in <<<"$h")"
-    SQS_STATE="reused${SQS_OWN_PID:+, started earlier by this script, pid $SQS_OWN_PID}"
+    SQS_STATE="reused${SQS_OWN_PID:+, started earlier by this clone, pid $SQS_OWN_PID}"
     return 0
   fi
   if sqs_read_pidfile && [[ $SQS_OWN_KIND == moto ]] && moto_answers; then
-    SQS_KIND="moto $(moto_version)"; SQS_STATE="reused, started earlier by this script, pid $SQS_OWN_PID"
+    SQS_KIND="moto $(moto_version)"; SQS_STATE="reused, started earlier by this clone, pid $SQS_OWN_PID"
     return 0
   fi
   # 2. Our own process is alive but not healthy: replace it.
@@ -479,7 +544,7 @@ sqs_up() {
   rm -f "$SQS_PIDFILE"
   if port_open "$SQS_PORT"; then
     if [[ $SQS_BACKEND != localstack ]] && moto_answers && curl -fsS -m 3 -o /dev/null "$SQS_URL/moto-api/" 2>/dev/null; then
-      SQS_KIND="moto (not started by this script)"; SQS_STATE="reused"; return 0
+      SQS_KIND="moto (not started by this clone)"; SQS_STATE="reused"; return 0
     fi
     die "$HOST:$SQS_PORT is taken by something that is neither LocalStack nor moto; set SQS_PORT"
   fi
@@ -513,7 +578,8 @@ sqs_down() {
     echo "sqs: stopped ($SQS_OWN_KIND on $SQS_URL)"
   else
     rm -f "$SQS_PIDFILE"
-    echo "sqs: not started by this script; left alone"
+    legacy_note "$LEGACY_SQS_PIDFILE" localstack.runtime.main sqs
+    echo "sqs: not started by this clone; left alone"
   fi
 }
 
@@ -540,16 +606,18 @@ cmd_status() {
   local rc=0 h pid
   if amqp_probe "$RABBITMQ_PORT"; then
     if pid=$(rmq_ours_pid); then
-      echo "rabbitmq: $AMQP_DISPLAY (up, node $RMQ_NODE started by this script, pid $pid)"
+      echo "rabbitmq: $AMQP_DISPLAY (up, node $RMQ_NODE started by this clone, pid $pid)"
     else
-      echo "rabbitmq: $AMQP_DISPLAY (up, not started by this script)"
+      echo "rabbitmq: $AMQP_DISPLAY (up, not started by this clone)"
+      legacy_note "$LEGACY_RMQ_MARKER" rabbitmq-server rabbitmq
     fi
   else
     echo "rabbitmq: $AMQP_DISPLAY (down)"; rc=1
   fi
   sqs_read_pidfile || true
-  local who="not started by this script"
-  [[ -n $SQS_OWN_PID ]] && who="started by this script, pid $SQS_OWN_PID"
+  local who="not started by this clone"
+  [[ -n $SQS_OWN_PID ]] && who="started by this clone, pid $SQS_OWN_PID"
+  [[ -n $SQS_OWN_PID ]] || legacy_note "$LEGACY_SQS_PIDFILE" localstack.runtime.main sqs
   if h=$(ls_health) && sqs_ready_in <<<"$h"; then
     echo "sqs: $SQS_URL (localstack $(version_in <<<"$h"), up, $who)"
   elif moto_answers; then

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 import yaml
 
+from lamassu_aws_connector import catalogue_cli, dlq
 from lamassu_aws_connector.config import ConfigError, load_settings, mask_url
 
 from . import samples
@@ -148,3 +151,169 @@ def test_unknown_environment_section_is_an_error() -> None:
     result = cli("check-config", env={"LAMASSU_SQSX__REGION": "eu-west-1"})
     assert result.returncode == 2
     assert "LAMASSU_SQSX__REGION" in result.stderr
+
+
+# --- the operator's command line: help, validate -, examples, send --dry-run, check-config --connect ---
+
+EXAMPLES = ROOT / "examples" / "events"
+COMMANDS = ("run", "check-config", "status", "version", "dlq", "send", "events", "validate")
+
+
+def test_help_lists_every_command_with_one_line_each() -> None:
+    result = cli("--help", env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for command in COMMANDS:
+        [line] = [line for line in lines if line.split()[:1] == [command]]
+        assert len(line.split()) > 1, f"{command}: its help wrapped to the next line"
+        assert len(line) <= 80
+    listed = cli("dlq", "--help", env={"COLUMNS": "80"}).stdout.splitlines()
+    for action in ("list", "show", "replay", "purge"):
+        assert [line for line in listed if line.split()[:1] == [action] and len(line.split()) > 1]
+
+
+def test_validate_reads_one_event_from_stdin() -> None:
+    event = (EXAMPLES / "device.create.json").read_text()
+    good = subprocess.run(
+        [sys.executable, "-m", "lamassu_aws_connector", "validate", "-"],
+        input=event,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert good.stdout.startswith("-: ok: device.create")
+    bad = subprocess.run(
+        [sys.executable, "-m", "lamassu_aws_connector", "validate", "-"],
+        input=event.replace('"NO_IDENTITY"', '"no_identity"'),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 1
+    assert bad.stdout.startswith("-: invalid: invalid_data: data.status")
+
+
+def test_examples_are_valid_lamassu_v3_events_of_the_main_types() -> None:
+    paths = sorted(EXAMPLES.glob("*.json"))
+    types = {path.stem for path in paths}
+    assert {"certificate.status.update", "ca.create", "device.create", "dms.update"} <= types
+    result = cli("validate", *map(str, paths))
+    assert result.returncode == 0, result.stdout
+    for path, line in zip(paths, result.stdout.splitlines(), strict=True):
+        event = orjson.loads(path.read_bytes())
+        assert event["type"] == path.stem  # one file per type, named after it
+        # Checked against the catalogue model of a v3 type, not just the envelope.
+        assert line == f"{path}: ok: {path.stem} (v2.4+/v3 command)"
+        assert event["source"].startswith("source://lamassu.io/ctx/source/service/")
+    revocation = orjson.loads((EXAMPLES / "certificate.status.update.json").read_bytes())["data"]
+    assert (revocation["previous"]["status"], revocation["updated"]["status"]) == ("ACTIVE", "REVOKED")
+
+
+def test_an_example_with_bad_data_fails_validate(tmp_path: Path) -> None:
+    """The examples pass because their data is right: the same file with a wrong status does not."""
+    broken = tmp_path / "certificate.status.update.json"
+    broken.write_text((EXAMPLES / "certificate.status.update.json").read_text().replace('"REVOKED"', '"Revoked"'))
+    result = cli("validate", str(broken))
+    assert result.returncode == 1
+    assert "invalid_data: data.updated.status" in result.stdout
+
+
+def closed_port_config(tmp_path: Path, **sections: dict[str, object]) -> Path:
+    """A config whose RabbitMQ and SQS are closed ports on loopback: nothing can be sent or reached."""
+    data: dict[str, dict[str, object]] = {
+        "amqp": {"url": f"amqp://guest:s3cr3t-pw@127.0.0.1:{free_port()}/", "exchanges": ["x.lamassu-events"]},
+        "sqs": {"endpoint_url": f"http://127.0.0.1:{free_port()}", "connect_timeout_seconds": 1},
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_send_dry_run_validates_and_sends_nothing(tmp_path: Path) -> None:
+    config = closed_port_config(tmp_path)  # a real send would fail: nothing listens
+    files = [EXAMPLES / "certificate.status.update.json", EXAMPLES / "device.create.json"]
+    result = cli("send", "--dry-run", "--config", str(config), *map(str, files))
+    assert result.returncode == 0, result.stderr
+    for path in files:
+        event = orjson.loads(path.read_bytes())
+        assert f"would send: {event['id']}  {event['type']}" in result.stdout
+    assert "would send 2 event(s) to exchange x.lamassu-events; nothing sent" in result.stdout
+
+
+BROKEN_EXAMPLES = [
+    (lambda text: text.replace('"REVOKED"', '"Revoked"'), "invalid_data: data.updated.status"),
+    (lambda text: text.replace('"id": "4bf92f', '"id": "", "x": "', 1), "invalid_attribute: attribute id"),
+    (lambda text: text[:100], "invalid_json"),
+]
+
+
+@pytest.mark.parametrize(("change", "reason"), BROKEN_EXAMPLES)
+def test_send_refuses_what_validate_rejects(tmp_path: Path, change: Any, reason: str) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(change((EXAMPLES / "certificate.status.update.json").read_text()))
+    verdict = io.StringIO()
+    assert catalogue_cli.validate_files([str(bad)], out=verdict) == 1
+    assert reason in verdict.getvalue()
+    with pytest.raises(dlq.ToolError) as refused:
+        dlq.load_events([EXAMPLES / "device.create.json", bad])
+    assert str(refused.value).startswith(f"{bad}: rejected by validate: {reason}")
+
+
+def test_send_refusal_sends_nothing_and_says_why(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(BROKEN_EXAMPLES[0][0]((EXAMPLES / "certificate.status.update.json").read_text()))
+    for dry_run in ((), ("--dry-run",)):
+        sent = cli(
+            "send", *dry_run, "--config", str(closed_port_config(tmp_path)), str(EXAMPLES / "ca.create.json"), str(bad)
+        )
+        assert sent.returncode == 2
+        assert f"nothing sent: {bad}: rejected by validate: invalid_data: data.updated.status" in sent.stderr
+        assert "would send" not in sent.stdout and "Traceback" not in sent.stderr
+
+
+def test_check_config_connect_names_each_dependency_that_fails(tmp_path: Path) -> None:
+    config = closed_port_config(tmp_path, claim_check={"bucket": "some-bucket"})
+    result = cli("check-config", "--connect", "--config", str(config), "--wait", "5")
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "rabbitmq",
+        "sqs command queue lamassu-command",
+        "sqs response queue lamassu-response",
+        "s3 claim-check bucket some-bucket",
+    ]
+    assert all(line.split(": ")[1] == "error" for line in lines), lines
+    assert "cannot connect to RabbitMQ at 127.0.0.1:" in lines[0] and "Connection refused" in lines[0]
+    assert "cannot connect to http://127.0.0.1:" in lines[1] and "Connection refused" in lines[1]
+    assert "s3cr3t-pw" not in result.stdout + result.stderr
+    assert "check-config --connect failed: rabbitmq, sqs command queue" in result.stderr
+
+
+@pytest.mark.integration
+async def test_check_config_connect_passes_when_everything_answers(
+    world: World, s3_bucket: tuple[str, Any], tmp_path: Path
+) -> None:
+    bucket, _ = s3_bucket
+    await world.create_sqs_queue(world.command_queue)
+    await world.create_sqs_queue(world.response_queue)
+    settings = world.settings(sqs={"create_queues": False}, claim_check={"bucket": bucket})
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    result = cli("check-config", "--connect", "--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("rabbitmq: ok: amqp://guest:***@") and "login accepted" in lines[0]
+    assert lines[1].startswith(f"sqs command queue {world.command_queue}: ok: http")
+    assert lines[2].startswith(f"sqs response queue {world.response_queue}: ok: http")
+    assert lines[3].startswith(f"s3 claim-check bucket {bucket}: ok")
+    # A wrong password is a clear error at once, masked, not a wait.
+    wrong = world.settings(amqp={"url": AMQP_URL.replace(":guest@", ":not-the-pw@")})
+    config.write_text(yaml.safe_dump(wrong.model_dump(mode="json")))
+    refused = cli("check-config", "--connect", "--config", str(config))
+    assert refused.returncode == 1
+    assert "refused the login" in refused.stdout and "not-the-pw" not in refused.stdout

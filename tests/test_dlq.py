@@ -227,3 +227,80 @@ async def test_send_publishes_valid_files_and_refuses_bad_ones(world: World, tmp
         received = await world.take_sqs(world.command_queue, 2)
     assert sorted(message["Body"].encode() for message in received) == sorted(path.read_bytes() for path in good)
     assert await world.sqs_count(world.command_queue) == 0
+
+
+def letter(event_id: str, code: str, **headers: str) -> aio_pika.Message:
+    """A dead letter as the connector writes one (published straight into the queue)."""
+    return aio_pika.Message(
+        event("io.lamassu.ca.update", event_id, padding=10),
+        headers={"x-error-code": code, "x-error-message": f"why {event_id}", **headers},
+        message_id=f"amqp-{event_id}",
+    )
+
+
+async def test_show_purge_and_the_id_filter(world: World, tmp_path: Path) -> None:
+    settings = world.settings()
+    channel = await world.channel()
+    async with running(settings):  # declares both dead-letter queues and the events queue
+        pass
+    for event_id, code in (("a-1", "too_large"), ("a-2", "invalid_data"), ("a-3", "too_large"), ("a-2", "too_large")):
+        await channel.default_exchange.publish(letter(event_id, code), routing_key=world.dlq)
+    reply = letter("r-1", "unroutable", **{"x-sqs-message-id": "sqs-msg-9"})
+    await channel.default_exchange.publish(reply, routing_key=world.reply_dlq)
+
+    # list --id: every letter with that id, wherever it is in the queue; nothing moves.
+    depth, found = await dlq.list_dead_letters(settings, event_id="a-2")
+    assert depth == 4 and [(x.event_id, x.code) for x in found] == [("a-2", "invalid_data"), ("a-2", "too_large")]
+    shown = cli(settings, tmp_path, "dlq", "list", "--id", "a-3")
+    assert shown.returncode == 0 and "showing 1 with id a-3" in shown.stdout
+    assert [line.split()[3] for line in shown.stdout.splitlines()[1:]] == ["a-3"]
+
+    # show: the whole letter, by event id, AMQP message id, or (replies) SQS message id; it stays.
+    shown = cli(settings, tmp_path, "dlq", "show", "a-1")
+    assert shown.returncode == 0, shown.stderr
+    assert "x-error-message: why a-1" in shown.stdout and "message_id: amqp-a-1" in shown.stdout
+    assert event("io.lamassu.ca.update", "a-1", padding=10).decode() in shown.stdout
+    assert "1 dead letter(s) with id a-1 (of 4" in shown.stdout
+    [by_sqs_id] = (await dlq.show_dead_letters(settings, "sqs-msg-9", "replies"))[1]
+    assert by_sqs_id.letter.is_reply and by_sqs_id.headers["x-sqs-message-id"] == "sqs-msg-9"
+    [detail] = (await dlq.show_dead_letters(settings, "amqp-a-3"))[1]
+    assert detail.letter.event_id == "a-3" and detail.headers["x-error-code"] == "too_large"
+    missing = cli(settings, tmp_path, "dlq", "show", "nope")
+    assert missing.returncode == 1 and "no dead letter with id 'nope'" in missing.stderr
+    assert await world.queue_depth(world.dlq) == 4 and await world.queue_depth(world.reply_dlq) == 1
+
+    # purge: without --yes it only says what it would delete; with it, only what matches goes.
+    dry = cli(settings, tmp_path, "dlq", "purge", "--code", "too_large")
+    assert dry.returncode == 0 and "would purge 3, keep 1 (of 4 seen); nothing deleted" in dry.stdout
+    assert await world.queue_depth(world.dlq) == 4
+    with pytest.raises(dlq.ToolError, match="--code or --id"):  # no filter: refused (the CLI exits 2)
+        await dlq.purge(settings)
+    purged = cli(settings, tmp_path, "dlq", "purge", "--code", "too_large", "--id", "a-2", "--yes")
+    assert purged.returncode == 0 and "purged 1, kept 3 (of 4 seen)" in purged.stdout
+    assert [x.event_id for x in (await dlq.list_dead_letters(settings))[1]] == ["a-1", "a-2", "a-3"]  # order kept
+    result = await dlq.purge(settings, code="too_large", type_glob="io.lamassu.ca.*")
+    assert (result.purged, result.kept) == (2, 1)
+
+    # replay --id: only that letter moves.
+    await channel.default_exchange.publish(letter("b-1", "too_large"), routing_key=world.dlq)
+    dry_replay = await dlq.replay(settings, event_id="b-1", dry_run=True)
+    assert [x.event_id for x in dry_replay.matched] == ["b-1"] and dry_replay.kept == 1
+    moved = cli(settings, tmp_path, "dlq", "replay", "--id", "b-1")
+    assert moved.returncode == 0 and "replayed 1, kept 1, failed 0 (of 2 seen)" in moved.stdout
+    [back] = await world.take_amqp(world.queue, 1)
+    assert orjson.loads(back.body)["id"] == "b-1"
+    assert [x.event_id for x in (await dlq.list_dead_letters(settings))[1]] == ["a-2"]
+
+
+async def test_send_names_each_event_and_an_example_arrives_in_sqs(world: World, tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "events" / "certificate.status.update.json"
+    settings = world.settings()
+    async with running(settings):
+        sent = cli(settings, tmp_path, "send", str(example))
+        assert sent.returncode == 0, sent.stderr
+        [message] = await world.take_sqs(world.command_queue, 1)
+    event_id = orjson.loads(example.read_bytes())["id"]
+    assert f"sent: {event_id}  certificate.status.update" in sent.stdout
+    assert f"sent 1 event(s) to exchange {world.exchange}" in sent.stdout
+    assert message["Body"].encode() == example.read_bytes().rstrip(b"\n")  # byte for byte, as validated
+    assert attributes(message)["ce-type"] == "certificate.status.update"
