@@ -119,6 +119,15 @@ async def test_malformed_input_is_dead_lettered_with_its_code(world: World) -> N
     cases["binary_missing_type"] = (b"{}", "invalid_attribute", "application/json", missing_type)
     oversized = samples.v1_ca_update(name="x" * 1_100_000)
     cases["too_large"] = (samples.body(oversized), "too_large", "text/json", {})
+    # Ambiguous or hostile JSON: a clean code, never internal_error (and never a crash of the consumer).
+    duplicate = b'{"specversion":"1.0","id":"dup","source":"lamassu/ca","type":"ca.create","type":"device.create"}'
+    cases["duplicate_member"] = (duplicate, "invalid_json", None, {})
+    deep = b'{"specversion":"1.0","id":"deep","source":"s","type":"t","data":' + b"[" * 300 + b"]" * 300 + b"}"
+    cases["nested_300_deep"] = (deep, "invalid_json", None, {})
+    very_deep = b'{"specversion":"1.0","id":"deeper","source":"s","type":"t","data":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    cases["nested_5000_deep"] = (very_deep, "invalid_json", None, {})
+    binary_deep = {**samples.binary_headers("ce-"), "ce-id": "binary-deep"}
+    cases["binary_nested_300_deep"] = (b"[" * 300 + b"]" * 300, "invalid_json", "application/json", binary_deep)
     good = samples.body(samples.v1_cert_update())
 
     async with running(world.settings()) as service:
