@@ -187,8 +187,8 @@ class HealthConfig(_Section):
     # reply_progress): stuck, not merely slow.
     stall_seconds: float = Field(120.0, ge=5)
     # The queue depth gauges (RabbitMQ passive declares, SQS GetQueueAttributes) are sampled this often;
-    # 0: never.
-    depth_seconds: float = Field(60.0, ge=0)
+    # a sample is also what notices an SQS queue deleted while no event flows. 0: never.
+    depth_seconds: float = Field(20.0, ge=0)
 
 
 class ShutdownConfig(_Section):

@@ -53,6 +53,11 @@ class DependencyHealth:
             self._metrics.dependency_up.labels(name).set(1)
             log.info("dependency.up", dependency=name, down_seconds=round(down_seconds, 1))
 
+    def error(self, name: str) -> str:
+        """What took the dependency down ("" while it is up)."""
+        state = self._states.get(name)
+        return state.error if state is not None else ""
+
     def is_up(self, name: str) -> bool:
         state = self._states.get(name)
         return state is None or state.up

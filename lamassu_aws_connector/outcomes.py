@@ -105,6 +105,8 @@ _QUERY_PREFIX = "AWS.SimpleQueueService."
 # Entry-level codes that say the dependency, not the entry, is in trouble (a KMS key disabled, the
 # queue deleted, throttling): such a failure never counts against the entry's attempt budget.
 _DEPENDENCY_ENTRY_MARKERS = ("Kms", "KMS", "Throttl", "NonExistentQueue", "QueueDoesNotExist", "AccessDenied")
+# "No such queue", in the query protocol's and the JSON protocol's spelling (normalized).
+QUEUE_MISSING_CODES = frozenset({"NonExistentQueue", "QueueDoesNotExist"})
 # S3 GetObject answers that no retry can change for that object.
 S3_OBJECT_GONE_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "InvalidBucketName", "404", "InvalidObjectState"})
 

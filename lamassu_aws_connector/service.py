@@ -27,7 +27,7 @@ from .inbound import InboundPipeline
 from .logs import get_logger
 from .metrics import Metrics, counter_total
 from .outbound import OutboundPipeline
-from .outcomes import STARTUP, failed_and, is_unavailable
+from .outcomes import QUEUE_MISSING_CODES, STARTUP, aws_error_code, failed_and, is_unavailable, normalized_sqs_code
 from .sqs import QueueInfo, SqsGateway
 
 log = get_logger(__name__)
@@ -195,11 +195,18 @@ class Service:
                 if self.amqp.connected:
                     for name, (ready, _) in (await self.amqp.queue_depths(names)).items():
                         self.metrics.queue_depth.labels("amqp", name).set(ready)
-            for queue in (command_queue, response_queue):
-                with contextlib.suppress(Exception):
+            for queue, dependency in ((command_queue, COMMAND_QUEUE), (response_queue, RESPONSE_QUEUE)):
+                try:
                     visible, hidden = await self.sqs.depth(queue)
-                    self.metrics.queue_depth.labels("sqs", queue.name).set(visible)
-                    self.metrics.queue_in_flight.labels(queue.name).set(hidden)
+                except Exception as exc:
+                    # A queue deleted while no event flows: the sample is what notices (readiness).
+                    if normalized_sqs_code(aws_error_code(exc)) in QUEUE_MISSING_CODES:
+                        self.health.down(dependency, aws_error_code(exc), str(exc))
+                    continue
+                if normalized_sqs_code(self.health.error(dependency)) in QUEUE_MISSING_CODES:
+                    self.health.up(dependency)  # only what a sample found missing; sends judge the rest
+                self.metrics.queue_depth.labels("sqs", queue.name).set(visible)
+                self.metrics.queue_in_flight.labels(queue.name).set(hidden)
             await asyncio.sleep(interval)
 
     async def _summarize(self, interval: float) -> None:

@@ -244,3 +244,14 @@ async def test_queue_depths_of_both_sides_are_sampled(world: World) -> None:
         )
         assert gauge("lamassu_connector_queue_depth", {"side": "amqp", "queue": world.queue}) == 0
         assert gauge("lamassu_connector_queue_in_flight", {"queue": world.response_queue}) == 0
+
+
+async def test_a_command_queue_deleted_while_idle_turns_readiness_down(world: World) -> None:
+    async with running(world.settings(health={"depth_seconds": 0.3})) as service:
+        await wait_for(lambda: _ready_status(service, 200), 10, "ready")
+        url = await world.sqs_url(world.command_queue)
+        await world.sqs.delete_queue(QueueUrl=url)  # no event flows: only the depth sample can notice
+        await wait_for(lambda: not service.readiness()["sqs_command_queue"], 10, "the missing queue noticed")
+        assert (await get(service, "/readyz"))[1]["down"] == ["sqs_command_queue"]
+        await world.sqs.create_queue(QueueName=world.command_queue)
+        await wait_for(lambda: _ready_status(service, 200), 10, "ready again once the queue is back")
