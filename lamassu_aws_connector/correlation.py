@@ -162,31 +162,26 @@ class CorrelationTable:
         return self._match(reply, fields, relayed_here=True)
 
     def _lookup(self, reply: CloudEvent) -> str | None:
-        for name in ("correlationid", "causationid"):
-            value = reply.extension(name)
-            if value not in (None, ""):
-                key = str(value)
-                found = key if key in self._pending else self._aliases.get(key)
-                if found is not None:
-                    return found
-        return reply.id if reply.id in self._pending else self._aliases.get(reply.id)
+        """The outstanding command a reply names: by correlationid, causationid, else its own id (v1)."""
+        for candidate in [*_claimed(reply), reply.id]:
+            key = candidate if candidate in self._pending else self._aliases.get(candidate)
+            if key is not None:
+                return key
+        return None
 
     def on_reply_announced(self, reply: CloudEvent, fields: dict[str, Any], *, relayed_here: bool) -> str:
         return self._match(reply, fields, relayed_here=relayed_here)
 
     def _match(self, reply: CloudEvent, fields: dict[str, Any], *, relayed_here: bool) -> str:
-        claimed = [reply.extension(name) for name in ("correlationid", "causationid")]
-        candidates = [str(value) for value in claimed if value not in (None, "")]
+        candidates = _claimed(reply)
         if self._waiters:
             self._wake([*candidates, reply.id], reply)
         if not self._config.enabled:
             return UNSOLICITED
         now = self._clock()
         self.expire(now)
-        for candidate in [*candidates, reply.id]:
-            key = candidate if candidate in self._pending else self._aliases.get(candidate)
-            if key is None:
-                continue
+        key = self._lookup(reply)
+        if key is not None:
             command = self._remove(key)
             if not command.owned:
                 return "answered_elsewhere"  # its owner counts it
@@ -290,6 +285,12 @@ class CorrelationTable:
         if command.owned:
             self._owned -= 1
             self._metrics.commands_outstanding.set(self._owned)
+
+
+def _claimed(reply: CloudEvent) -> list[str]:
+    """The command ids a reply claims to answer, through its correlation extensions."""
+    values = [reply.extension(name) for name in ("correlationid", "causationid")]
+    return [str(value) for value in values if value not in (None, "")]
 
 
 def _matcher(patterns: list[str] | None) -> Callable[[str], bool]:

@@ -36,7 +36,7 @@ from botocore.httpsession import get_cert_path
 from botocore.utils import get_environ_proxies
 
 from . import __version__
-from .outcomes import SQS_QUICK, failed_and, http_status
+from .outcomes import SQS_QUICK, failed_and, is_unavailable
 
 WIRE_OPERATIONS = frozenset(
     {"SendMessageBatch", "ReceiveMessage", "DeleteMessageBatch", "ChangeMessageVisibilityBatch"}
@@ -168,9 +168,4 @@ def _error_response(status: int, payload: bytes, query_error: str | None, metada
 
 def _worth_repeating(exc: BaseException) -> bool:
     """A dropped keep-alive connection, a 5xx or throttling: the same request may well pass now."""
-    if isinstance(exc, ConnectionClosedError):
-        return True
-    if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        return http_status(exc) >= 500 or "Throttl" in code
-    return False
+    return isinstance(exc, ConnectionClosedError) or (isinstance(exc, ClientError) and is_unavailable(exc))
