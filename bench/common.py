@@ -72,6 +72,33 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def service_pids() -> dict[str, int]:
+    """The RabbitMQ and SQS-emulator processes on this machine, to count the CPU a run costs them."""
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "beam.smp" in command and "rabbit" in command:
+            found["rabbitmq"] = int(entry.name)
+        elif "localstack" in command and "runtime.main" in command or "moto_server" in command:
+            found["sqs emulator"] = int(entry.name)
+    return found
+
+
+def services_cpu(pids: dict[str, int]) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    for name, pid in pids.items():
+        try:
+            figures[name] = cpu_seconds(pid)
+        except OSError:
+            continue
+    return figures
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):

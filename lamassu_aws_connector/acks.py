@@ -19,14 +19,13 @@ import bisect
 from collections import deque
 from dataclasses import dataclass, field
 
-from aio_pika.abc import AbstractIncomingMessage
-
+from .amqp import Consumed
 from .logs import get_logger
 
 log = get_logger(__name__)
 
 
-def _open_channel_key(delivery: AbstractIncomingMessage) -> int | None:
+def _open_channel_key(delivery: Consumed) -> int | None:
     """Which channel the delivery came on, or None once that channel is closed (acking is void then)."""
     try:
         channel = delivery.channel  # aio-pika raises once the channel is closed
@@ -39,7 +38,7 @@ def _open_channel_key(delivery: AbstractIncomingMessage) -> int | None:
 class _ChannelAcks:
     outstanding: list[int] = field(default_factory=list)  # sorted tags received and not acked
     settled: set[int] = field(default_factory=set)  # settled and not acked yet
-    deliveries: dict[int, AbstractIncomingMessage] = field(default_factory=dict)
+    deliveries: dict[int, Consumed] = field(default_factory=dict)
 
 
 class Acker:
@@ -49,12 +48,12 @@ class Acker:
         self._channels: dict[int, _ChannelAcks] = {}
         self._flush_scheduled = False
         self._straggler_timer: asyncio.TimerHandle | None = None
-        self._outbox: deque[tuple[AbstractIncomingMessage, bool, int]] = deque()
+        self._outbox: deque[tuple[Consumed, bool, int]] = deque()
         self._sender: asyncio.Future[None] | None = None
         self.frames_sent = 0
         self.deliveries_acked = 0
 
-    def track(self, delivery: AbstractIncomingMessage) -> None:
+    def track(self, delivery: Consumed) -> None:
         """Register a delivery as it arrives (before it can be settled)."""
         tag, key = delivery.delivery_tag, _open_channel_key(delivery)
         if tag is None or key is None:
@@ -66,7 +65,7 @@ class Acker:
             bisect.insort(state.outstanding, tag)
         state.deliveries[tag] = delivery
 
-    def settle(self, delivery: AbstractIncomingMessage) -> bool:
+    def settle(self, delivery: Consumed) -> bool:
         """Mark a delivery done; it is acked shortly. False if its channel is gone (it will be redelivered)."""
         key = _open_channel_key(delivery)
         if key is None:
@@ -122,7 +121,7 @@ class Acker:
         self._straggler_timer = None
         self._flush(stragglers=True)
 
-    def _send(self, delivery: AbstractIncomingMessage, *, multiple: bool, count: int) -> None:
+    def _send(self, delivery: Consumed, *, multiple: bool, count: int) -> None:
         self._outbox.append((delivery, multiple, count))
         if self._sender is None or self._sender.done():
             self._sender = asyncio.ensure_future(self._send_in_order())

@@ -2,19 +2,28 @@
 
 Two channels: one consumes (per-consumer prefetch; acks must go back on it), one publishes with
 publisher confirms and ``on_return_raises`` so an unroutable message is an error, not a silent drop.
-Topology declared through robust channels is restored by aio-pika after a reconnect.
+Topology declared through robust channels is restored by aio-pika after a reconnect, the events
+consumer included.
+
+The events consumer receives aiormq's frames as a :class:`Delivery`, not as aio-pika's
+``IncomingMessage``: building that object and the extra task aio-pika starts per message cost
+≈ 19 µs of CPU per event (62 against 43 µs per message in a bare consume loop on this project's
+machine), a tenth of the connector's whole CPU per event. aio-pika still owns the connection, the
+channels, the topology and the consumer's restore after a reconnect (:class:`_DeliveryQueue`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
@@ -22,9 +31,12 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustChannel,
     AbstractRobustConnection,
+    ConsumerTag,
     DeliveryMode,
 )
 from aio_pika.exceptions import ChannelPreconditionFailed
+from aio_pika.robust_queue import RobustQueue
+from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import ChannelInvalidStateError
 
 from .config import APP_ID, AmqpConfig, mask_url
@@ -34,7 +46,163 @@ from .outcomes import STARTUP, dead_letter_headers, failed_and
 
 log = get_logger(__name__)
 
-Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+class Consumed(Protocol):
+    """A message read from a queue, as the pipelines and the dead-letter copy use it: a
+    :class:`Delivery` of the events consumer, or aio-pika's ``IncomingMessage`` (dlq tools, fleet)."""
+
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def headers(self) -> dict[str, Any]: ...
+    @property
+    def content_type(self) -> str | None: ...
+    @property
+    def content_encoding(self) -> str | None: ...
+    @property
+    def priority(self) -> int | None: ...
+    @property
+    def correlation_id(self) -> str | None: ...
+    @property
+    def reply_to(self) -> str | None: ...
+    @property
+    def message_id(self) -> str | None: ...
+    @property
+    def timestamp(self) -> dt.datetime | None: ...
+    @property
+    def type(self) -> str | None: ...
+    @property
+    def app_id(self) -> str | None: ...
+    @property
+    def routing_key(self) -> str | None: ...
+    @property
+    def exchange(self) -> str | None: ...
+    @property
+    def redelivered(self) -> bool | None: ...
+    @property
+    def delivery_tag(self) -> int | None: ...
+    @property
+    def channel(self) -> aiormq.abc.AbstractChannel: ...
+
+    async def ack(self, multiple: bool = False) -> None: ...
+
+
+class Delivery:
+    """One message of the events consumer, read straight from aiormq's frames (see the module doc).
+
+    The same names as aio-pika's ``IncomingMessage``; properties are read from the content header
+    only when asked. ``channel`` raises once the channel it came on is closed, as aio-pika does.
+    """
+
+    __slots__ = ("_channel", "_properties", "body", "delivery_tag", "exchange", "headers", "redelivered", "routing_key")
+
+    def __init__(self, message: DeliveredMessage) -> None:
+        self._channel = message.channel
+        self._properties = message.header.properties
+        self.body: bytes = message.body
+        self.delivery_tag: int | None = message.delivery_tag
+        self.redelivered: bool | None = message.redelivered
+        self.routing_key: str | None = message.routing_key
+        self.exchange: str | None = message.exchange
+        self.headers: dict[str, Any] = self._properties.headers or {}
+
+    @property
+    def content_type(self) -> str | None:
+        return self._properties.content_type
+
+    @property
+    def content_encoding(self) -> str | None:
+        return self._properties.content_encoding
+
+    @property
+    def priority(self) -> int | None:
+        return self._properties.priority
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self._properties.correlation_id
+
+    @property
+    def reply_to(self) -> str | None:
+        return self._properties.reply_to
+
+    @property
+    def message_id(self) -> str | None:
+        return self._properties.message_id
+
+    @property
+    def timestamp(self) -> dt.datetime | None:
+        return self._properties.timestamp
+
+    @property
+    def type(self) -> str | None:
+        return self._properties.message_type
+
+    @property
+    def app_id(self) -> str | None:
+        return self._properties.app_id
+
+    @property
+    def channel(self) -> aiormq.abc.AbstractChannel:
+        if self._channel.is_closed:
+            raise ChannelInvalidStateError
+        return self._channel
+
+    async def ack(self, multiple: bool = False) -> None:
+        if self.delivery_tag is not None:
+            await self.channel.basic_ack(delivery_tag=self.delivery_tag, multiple=multiple)
+
+
+Handler = Callable[[Consumed], Awaitable[None]]
+FanoutHandler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+
+class _DeliveryQueue(RobustQueue):
+    """A robust queue whose consumer callback gets a :class:`Delivery` per message.
+
+    aio-pika's robust channel restores its queues after a reconnect by calling ``consume`` again
+    with what was registered here, so the consumer comes back exactly as aio-pika's own would. Its
+    recovery of a consumer the broker cancelled calls aio-pika's own ``Queue.consume`` instead: the
+    handler then gets ``IncomingMessage`` objects, which have the same names (:class:`Consumed`).
+    """
+
+    __slots__ = ()
+
+    async def consume(  # type: ignore[override]
+        self,
+        callback: Handler,
+        *,
+        no_ack: bool = False,
+        exclusive: bool = False,
+        arguments: dict[str, Any] | None = None,
+        consumer_tag: ConsumerTag | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - aio-pika's signature, called by its restore
+        robust: bool = True,
+    ) -> ConsumerTag:
+        async def on_message(message: DeliveredMessage) -> None:
+            await callback(Delivery(message))
+
+        channel = await self.channel.get_underlay_channel()
+        result = await channel.basic_consume(
+            queue=self.name,
+            consumer_callback=on_message,
+            exclusive=exclusive,
+            no_ack=no_ack,
+            arguments=arguments,
+            consumer_tag=consumer_tag,
+            timeout=timeout,
+        )
+        if result.consumer_tag is None:
+            raise RuntimeError("RabbitMQ answered basic.consume without a consumer tag")
+        if robust:
+            self._consumers[result.consumer_tag] = {
+                "callback": callback,
+                "no_ack": no_ack,
+                "exclusive": exclusive,
+                "arguments": arguments,
+            }
+        return result.consumer_tag
+
 
 PUBLISH_TIMEOUT_SECONDS = 30.0
 
@@ -63,7 +231,7 @@ def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
     return None
 
 
-def channel_open(delivery: AbstractIncomingMessage) -> bool:
+def channel_open(delivery: Consumed) -> bool:
     """False once the channel a delivery came on is gone: it can no longer be acked."""
     try:
         return not delivery.channel.is_closed
@@ -76,7 +244,7 @@ def string_headers(headers: dict[str, Any]) -> dict[str, Any]:
     return {key: value if isinstance(value, str) else str(value) for key, value in headers.items()}
 
 
-def persistent_copy(delivery: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+def persistent_copy(delivery: Consumed, headers: dict[str, Any]) -> aio_pika.Message:
     """The delivery as a new persistent message with its body and properties, and these headers."""
     return aio_pika.Message(
         body=delivery.body,
@@ -254,7 +422,11 @@ class AmqpGateway:
         )
 
     async def consume(self, handler: Handler) -> None:
+        """Consume the events queue; ``handler`` gets a :class:`Delivery` per message."""
         assert self._queue is not None
+        if isinstance(self._queue, RobustQueue) and not isinstance(self._queue, _DeliveryQueue):
+            # Same slots, one method more: the robust channel keeps restoring this very object.
+            self._queue.__class__ = _DeliveryQueue
         self._consumer_tag = await self._queue.consume(handler)
 
     async def queue_depths(self, names: list[str]) -> dict[str, tuple[int, int]]:
@@ -279,7 +451,7 @@ class AmqpGateway:
                     await channel.close()
         return depths
 
-    async def consume_fanout(self, exchange: str, handler: Handler) -> None:
+    async def consume_fanout(self, exchange: str, handler: FanoutHandler) -> None:
         """Consume a durable fanout exchange through a queue of this process alone (server-named,
         exclusive, auto-deleted with the connection; restored by aio-pika after a reconnect).
 
@@ -318,7 +490,7 @@ class AmqpGateway:
             self._exchanges[exchange] = target
         await target.publish(message, routing_key, mandatory=True, timeout=PUBLISH_TIMEOUT_SECONDS)
 
-    async def dead_letter(self, delivery: AbstractIncomingMessage, queue: str, code: str, reason: str) -> None:
+    async def dead_letter(self, delivery: Consumed, queue: str, code: str, reason: str) -> None:
         """Publish a copy of the delivery, with the reason in headers (bounded), to a dead-letter queue."""
         # Where RabbitMQ says it came from: never a header, which any publisher could have set.
         provenance = {

@@ -30,11 +30,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aio_pika.abc import AbstractIncomingMessage
-
 from . import tracing
 from .acks import Acker
-from .amqp import AmqpGateway, channel_open
+from .amqp import AmqpGateway, Consumed, channel_open
 from .catalogue import AUDITED_ACTIONS, DataCheck, EventKind, action_of, event_kind, is_known
 from .claimcheck import Abandoned, ClaimCheck
 from .config import APP_ID, Settings
@@ -71,7 +69,7 @@ _FIFO_ID = re.compile(r"[A-Za-z0-9!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]{1,128}\
 class Pending:
     """One delivery waiting for SQS."""
 
-    delivery: AbstractIncomingMessage
+    delivery: Consumed
     parsed: ParsedEvent
     entry: dict[str, Any]
     size: int
@@ -285,7 +283,7 @@ class OutboundPipeline:
         await self._acker.flush()  # what was settled is acked, so it is not forwarded twice
         self._crash_guard.close()
 
-    async def on_delivery(self, delivery: AbstractIncomingMessage) -> None:
+    async def on_delivery(self, delivery: Consumed) -> None:
         self._acker.track(delivery)
         task = asyncio.current_task()
         if task is not None:
@@ -312,7 +310,7 @@ class OutboundPipeline:
             if task is not None:
                 self._handlers.discard(task)
 
-    async def _handle_suspect(self, delivery: AbstractIncomingMessage) -> None:
+    async def _handle_suspect(self, delivery: Consumed) -> None:
         """A redelivered message: handled alone under the crash guard (crashguard.py)."""
         key = content_key(delivery.body, delivery.routing_key)
         strikes = self._crash_guard.strikes(key)
@@ -330,7 +328,7 @@ class OutboundPipeline:
         async with self._crash_guard.handling(key):
             await self._handle(delivery)
 
-    def _delivery_fields(self, delivery: AbstractIncomingMessage) -> dict[str, Any]:
+    def _delivery_fields(self, delivery: Consumed) -> dict[str, Any]:
         """Log fields of a delivery not (yet) parsed: what an operator needs to find it."""
         return {
             "queue": self._source_queue,
@@ -339,7 +337,7 @@ class OutboundPipeline:
             "exchange": delivery.exchange,
         }
 
-    async def _handle(self, delivery: AbstractIncomingMessage) -> None:
+    async def _handle(self, delivery: Consumed) -> None:
         if delivery.app_id == APP_ID:
             await self._skip(delivery, "loop_guard", self._delivery_fields(delivery))
             return
@@ -397,7 +395,7 @@ class OutboundPipeline:
             return
         self._batcher.add(Pending(delivery, parsed, entry, size, received_at, log_fields=fields))
 
-    def _entry(self, parsed: ParsedEvent, delivery: AbstractIncomingMessage) -> dict[str, Any]:
+    def _entry(self, parsed: ParsedEvent, delivery: Consumed) -> dict[str, Any]:
         return self.build_entry(parsed, delivery.headers)
 
     async def entry_for(
@@ -640,7 +638,7 @@ class OutboundPipeline:
                 self._forwarded_by_type[event_type] = counter
         return counter
 
-    def _release(self, delivery: AbstractIncomingMessage) -> None:
+    def _release(self, delivery: Consumed) -> None:
         """The delivery leaves the pipeline (settled, or left to RabbitMQ's redelivery)."""
         size = self._held.pop(id(delivery), None)
         if size is None:
@@ -650,7 +648,7 @@ class OutboundPipeline:
         self._metrics.inflight_bytes.set(self._budget.used)
         self._progress.progressed()
 
-    def _ack(self, delivery: AbstractIncomingMessage, fields: dict[str, Any]) -> bool:
+    def _ack(self, delivery: Consumed, fields: dict[str, Any]) -> bool:
         """The delivery's fate is sealed: hand it to the acker (acks go out in multiple-ack frames)."""
         self._release(delivery)
         if self._acker.settle(delivery):
@@ -659,14 +657,12 @@ class OutboundPipeline:
         log.warning("outbound.ack_failed", **fields, error="channel closed")
         return False
 
-    async def _skip(self, delivery: AbstractIncomingMessage, reason: str, fields: dict[str, Any]) -> None:
+    async def _skip(self, delivery: Consumed, reason: str, fields: dict[str, Any]) -> None:
         self._metrics.events_skipped.labels(reason).inc()
         log.debug("outbound.skipped", **fields, reason=reason)
         self._ack(delivery, fields)
 
-    async def _dead_letter(
-        self, delivery: AbstractIncomingMessage, code: ErrorCode, reason: str, fields: dict[str, Any]
-    ) -> None:
+    async def _dead_letter(self, delivery: Consumed, code: ErrorCode, reason: str, fields: dict[str, Any]) -> None:
         """Publish to the dead-letter queue (confirmed), then ack. Retries while the channel lives."""
         fields = {**self._delivery_fields(delivery), **fields}
         dlq = self._settings.amqp.dead_letter_queue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -160,6 +161,7 @@ class Service:
             except Exception as exc:
                 raise StartupError(f"cannot set up the AMQP topology: {exc}") from exc
             self.started.set()
+            _settle_heap()
             log.info("connector.started")
             self._start_background(stack, command_queue, response_queue)
             await self._stop.wait()
@@ -304,3 +306,16 @@ class Service:
 
 def _outcome_error(state: Any) -> str | None:
     return repr(state.outcome.exception()) if state.outcome is not None else None
+
+
+def _settle_heap() -> None:
+    """Once started: what imports and start-up built lives as long as the process, so the cyclic
+    collector stops re-scanning it (gc.freeze), and young collections run ten times less often.
+
+    Measured: the collector cost ≈ 5 % of the connector's CPU per event (bench/run.py, gc off vs on);
+    each event allocates only short-lived, acyclic objects, which reference counting frees anyway.
+    """
+    gc.freeze()
+    threshold, *older = gc.get_threshold()
+    gc.set_threshold(threshold * 10, *older)
+
