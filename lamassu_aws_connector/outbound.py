@@ -234,7 +234,9 @@ class OutboundPipeline:
             # FIFO order within a message group survives only with one batch out at a time.
             max_in_flight=1 if command_queue.fifo else settings.forward.max_batches_in_flight,
         )
-        self._handlers: set[asyncio.Task[None]] = set()
+        # Deliveries inside on_delivery, and a future that the last of them to leave resolves (stop()).
+        self._handling = 0
+        self._handlers_idle: asyncio.Future[None] | None = None
         self._acker = Acker()
         self._budget = ByteBudget(settings.amqp.max_in_flight_bytes)
         self._held: dict[int, int] = {}  # id(delivery) -> body bytes, from receipt until settled
@@ -245,6 +247,9 @@ class OutboundPipeline:
         self._hold_policy = SQS_HOLD.with_limits(cap=settings.forward.retry_max_backoff_seconds)
         self._last_accepted = float("-inf")  # when SQS last accepted an entry
         self._forwarded_by_type: dict[str, Any] = {}
+        # Read when scraped rather than updated twice per event.
+        metrics.in_flight.set_function(lambda: len(self._held))
+        metrics.inflight_bytes.set_function(lambda: self._budget.used)
 
     async def start(self) -> None:
         self._crash_guard.open()
@@ -272,8 +277,9 @@ class OutboundPipeline:
         # started: let them register, so they are drained too rather than left to redelivery.
         for _ in range(3):
             await asyncio.sleep(0)
-        while self._handlers:
-            await asyncio.wait(set(self._handlers))
+        while self._handling:
+            self._handlers_idle = asyncio.get_running_loop().create_future()
+            await self._handlers_idle
         await self._batcher.drain()
         await self._acker.flush()
         self._crash_guard.close()
@@ -285,11 +291,8 @@ class OutboundPipeline:
 
     async def on_delivery(self, delivery: Consumed) -> None:
         self._acker.track(delivery)
-        task = asyncio.current_task()
-        if task is not None:
-            self._handlers.add(task)
+        self._handling += 1
         self._metrics.events_consumed.inc()
-        self._metrics.in_flight.inc()
         size = len(delivery.body)
         self._held[id(delivery)] = size
         if delivery.headers:
@@ -298,7 +301,6 @@ class OutboundPipeline:
                 log.warning("outbound.own_headers_removed", **self._delivery_fields(delivery), headers=forged[:10])
         try:
             await self._budget.acquire(size)
-            self._metrics.inflight_bytes.set(self._budget.used)
             if delivery.redelivered and self._crash_guard.enabled:
                 await self._handle_suspect(delivery)
             else:
@@ -307,8 +309,9 @@ class OutboundPipeline:
             log.exception("outbound.internal_error", **self._delivery_fields(delivery))
             await self._dead_letter(delivery, ErrorCode.INTERNAL_ERROR, f"connector error: {exc!r}", {})
         finally:
-            if task is not None:
-                self._handlers.discard(task)
+            self._handling -= 1
+            if not self._handling and self._handlers_idle is not None and not self._handlers_idle.done():
+                self._handlers_idle.set_result(None)
 
     async def _handle_suspect(self, delivery: Consumed) -> None:
         """A redelivered message: handled alone under the crash guard (crashguard.py)."""
@@ -643,9 +646,7 @@ class OutboundPipeline:
         size = self._held.pop(id(delivery), None)
         if size is None:
             return
-        self._metrics.in_flight.dec()
         self._budget.release(size)
-        self._metrics.inflight_bytes.set(self._budget.used)
         self._progress.progressed()
 
     def _ack(self, delivery: Consumed, fields: dict[str, Any]) -> bool:
