@@ -4,8 +4,12 @@ Why not the full botocore client for these: it costs ≈ 2.5 to 3.4 ms of CPU pe
 of ten 1 KB entries here — every attribute of every entry walked through the service model, the
 user-agent string rebuilt, a dozen event hooks, the answer parsed back through the model. The same
 request written with orjson and signed by botocore's ``SigV4Auth`` costs less than half of that.
-What stays botocore's: the credential chain (and its refreshes), the signature, the CA bundle, and
-the exceptions. Failures are raised as the botocore exceptions the full client raises, with the
+What stays botocore's: the credential chain (and its refreshes), the CA bundle, and the exceptions.
+The SigV4 signature is computed here (:class:`SigV4Signer`): botocore's ``SigV4Auth`` re-parsed the
+URL, re-derived the signing key through four HMACs and walked every header for each call, ≈ 140 µs
+per ``SendMessageBatch`` (≈ 7 % of the connector's CPU per event); the signing key is derived once
+per day here. tests/test_sqs_wire.py checks it against botocore's signer and against a proxy that
+verifies every request as AWS would. Failures are raised as the botocore exceptions the full client raises, with the
 same error codes, so outcomes.py classifies them exactly alike on both paths.
 
 Only operations whose input and output are plain JSON (strings, numbers, lists, maps; no blobs or
@@ -14,14 +18,16 @@ timestamps to convert) go this way: see ``WIRE_OPERATIONS``.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import hmac
 import ssl
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import orjson
 from aiobotocore.session import AioSession
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
@@ -42,6 +48,71 @@ WIRE_OPERATIONS = frozenset(
     {"SendMessageBatch", "ReceiveMessage", "DeleteMessageBatch", "ChangeMessageVisibilityBatch"}
 )
 _CONTENT_TYPE = "application/x-amz-json-1.0"
+
+
+class SigV4Signer:
+    """AWS Signature Version 4 for POST requests with a body and no query string, to one endpoint.
+
+    Signs every header it is given (names lower-cased) plus ``host`` and ``x-amz-date`` (and
+    ``x-amz-security-token`` for temporary credentials), as botocore does for these requests.
+    """
+
+    def __init__(self, url: str, region: str, service: str) -> None:
+        parts = urlsplit(url)
+        default_port = {"https": 443, "http": 80}.get(parts.scheme)
+        self.host = parts.hostname or ""
+        if ":" in self.host:  # an IPv6 literal
+            self.host = f"[{self.host}]"
+        if parts.port is not None and parts.port != default_port:
+            self.host = f"{self.host}:{parts.port}"
+        self._path = quote(parts.path or "/", safe="/~")
+        self._region = region
+        self._service = service
+        self._keys: dict[tuple[str, str], bytes] = {}  # (secret, day) -> signing key
+
+    def headers(
+        self, body: bytes, headers: dict[str, str], credentials: Any, now: dt.datetime | None = None
+    ) -> dict[str, str]:
+        """``headers`` with ``X-Amz-Date``, the session token if any, and ``Authorization`` added."""
+        moment = now or dt.datetime.now(dt.UTC)
+        stamp = moment.strftime("%Y%m%dT%H%M%SZ")
+        day = stamp[:8]
+        signed = {name.lower(): " ".join(value.split()) for name, value in headers.items()}
+        signed["host"] = self.host
+        signed["x-amz-date"] = stamp
+        result = {**headers, "X-Amz-Date": stamp}
+        if credentials.token:
+            signed["x-amz-security-token"] = credentials.token
+            result["X-Amz-Security-Token"] = credentials.token
+        names = sorted(signed)
+        signed_names = ";".join(names)
+        canonical = "\n".join(
+            (
+                "POST",
+                self._path,
+                "",
+                "".join(f"{name}:{signed[name]}\n" for name in names),
+                signed_names,
+                hashlib.sha256(body).hexdigest(),
+            )
+        )
+        scope = f"{day}/{self._region}/{self._service}/aws4_request"
+        to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        signature = hmac.new(self._key(credentials.secret_key, day), to_sign.encode(), hashlib.sha256).hexdigest()
+        result["Authorization"] = (
+            f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope}, "
+            f"SignedHeaders={signed_names}, Signature={signature}"
+        )
+        return result
+
+    def _key(self, secret: str, day: str) -> bytes:
+        key = self._keys.get((secret, day))
+        if key is None:
+            key = f"AWS4{secret}".encode()
+            for part in (day, self._region, self._service, "aws4_request"):
+                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+            self._keys = {(secret, day): key}  # only the current one: credentials rotate, days pass
+        return key
 
 
 class SqsJsonWire:
@@ -67,6 +138,7 @@ class SqsJsonWire:
         self._credentials: Any = None
         self._http: aiohttp.ClientSession | None = None
         self._user_agent = f"lamassu-aws-connector/{__version__} aiohttp/{aiohttp.__version__}"
+        self._signer = SigV4Signer(self._url, region, "sqs")
 
     async def start(self) -> None:
         # The CA bundle botocore would use (AWS_CA_BUNDLE / ca_bundle, else its own), never unverified.
@@ -108,20 +180,18 @@ class SqsJsonWire:
             raise NoCredentialsError()
         credentials = await self._credentials.get_frozen_credentials()
         body = orjson.dumps(params)
-        request = AWSRequest(
-            method="POST",
-            url=self._url,
-            data=body,
-            headers={
+        headers = self._signer.headers(
+            body,
+            {
                 "Content-Type": _CONTENT_TYPE,
                 "X-Amz-Target": f"AmazonSQS.{operation}",
                 # SQS answers with the query protocol's error codes (QueueDoesNotExist ->
                 # AWS.SimpleQueueService.NonExistentQueue), as it does for botocore.
                 "x-amzn-query-mode": "true",
             },
+            credentials,
         )
-        SigV4Auth(credentials, "sqs", self._region).add_auth(request)
-        headers = dict(request.headers.items())
+        headers["Host"] = self._signer.host  # exactly the value signed
         headers["User-Agent"] = self._user_agent
         try:
             async with self._http.post(self._url, data=body, headers=headers) as response:

@@ -6,12 +6,17 @@ back, and how each failure is classified by the pipelines' helpers.
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from lamassu_aws_connector.config import SqsConfig
@@ -19,6 +24,7 @@ from lamassu_aws_connector.metrics import Metrics
 from lamassu_aws_connector.outcomes import Outcome, classify_sqs_error, is_unavailable
 from lamassu_aws_connector.outcomes import aws_error_code as error_code
 from lamassu_aws_connector.sqs import _NOT_FOUND_CODES, QueueInfo, SqsGateway
+from lamassu_aws_connector.sqs_wire import SigV4Signer
 
 from .conftest import SQS_ENDPOINT, World
 from .faultproxy import FaultProxy
@@ -236,3 +242,34 @@ async def test_recorded_aws_errors_classified_alike_on_both_paths(
     assert classify_sqs_error(raised.value) is answer[3], code
     # Both paths report the query-compatible code (what SQS's own documentation and logs show).
     assert code == answer[1]
+
+
+@pytest.mark.parametrize(
+    ("url", "token"),
+    [
+        ("http://127.0.0.1:4566/", None),
+        ("https://sqs.eu-west-1.amazonaws.com/", "FwoGZXIvYXdzEJr//////////token+with/odd=chars"),
+        ("https://sqs.eu-west-1.amazonaws.com:443/", None),
+        ("http://[::1]:9324/", None),
+    ],
+)
+async def test_signer_signs_as_botocore_does(url: str, token: str | None) -> None:
+    """The fast path's own SigV4 gives the Authorization botocore's SigV4Auth gives, byte for byte."""
+    credentials = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
+    body = b'{"QueueUrl":"u","Entries":[{"Id":"0","MessageBody":"\xc3\xbc  two  spaces"}]}'
+    headers = {
+        "Content-Type": "application/x-amz-json-1.0",
+        "X-Amz-Target": "AmazonSQS.SendMessageBatch",
+        "x-amzn-query-mode": "true",
+    }
+    reference = AWSRequest(method="POST", url=url, data=body, headers=dict(headers))
+    SigV4Auth(credentials, "sqs", "eu-west-1").add_auth(reference)
+    moment = dt.datetime.strptime(reference.headers["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+    signer = SigV4Signer(url, "eu-west-1", "sqs")
+    ours = signer.headers(body, headers, credentials.get_frozen_credentials(), now=moment)
+    assert ours["Authorization"] == reference.headers["Authorization"]
+    assert ours.get("X-Amz-Security-Token") == reference.headers.get("X-Amz-Security-Token")
+    assert signer.host == urlsplit(url).netloc.removesuffix(":443")
+    # A second call reuses the day's signing key and still signs the new body.
+    again = signer.headers(body + b" ", headers, credentials.get_frozen_credentials(), now=moment)
+    assert again["Authorization"] != ours["Authorization"]
