@@ -19,6 +19,7 @@ import contextlib
 import datetime as dt
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -262,6 +263,15 @@ def persistent_copy(delivery: Consumed, headers: dict[str, Any]) -> aio_pika.Mes
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message to publish, already in wire form: the reply relay's hot path builds these rather
+    than aio-pika ``Message`` objects (≈ 4 % of the relay's CPU per reply went into building those)."""
+
+    body: bytes
+    properties: aiormq.spec.Basic.Properties
+
+
 class AmqpGateway:
     def __init__(self, config: AmqpConfig, metrics: Metrics) -> None:
         self._config = config
@@ -269,7 +279,6 @@ class AmqpGateway:
         self.connection: AbstractRobustConnection | None = None
         self._consume_channel: AbstractRobustChannel | None = None
         self._publish_channel: AbstractRobustChannel | None = None
-        self._exchanges: dict[str, AbstractExchange] = {}
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._fleet_channel: AbstractRobustChannel | None = None
@@ -417,9 +426,7 @@ class AmqpGateway:
 
     async def declare_topic_exchange(self, name: str) -> None:
         assert self._publish_channel is not None
-        self._exchanges[name] = await self._publish_channel.declare_exchange(
-            name, aio_pika.ExchangeType.TOPIC, durable=True
-        )
+        await self._publish_channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
 
     async def consume(self, handler: Handler) -> None:
         """Consume the events queue; ``handler`` gets a :class:`Delivery` per message."""
@@ -478,17 +485,24 @@ class AmqpGateway:
             except Exception as exc:  # the channel may already be gone; deliveries then return anyway
                 log.warning("amqp.cancel_failed", error=repr(exc))
 
-    async def publish(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
-        """Publish and wait for the broker's confirm; raises on nack, return (unroutable) or timeout."""
+    async def publish(self, exchange: str, routing_key: str, message: aio_pika.Message | Outgoing) -> None:
+        """Publish and wait for the broker's confirm; raises on nack, return (unroutable) or timeout.
+
+        Straight to the channel under aio-pika's robust one (what aio-pika's ``Exchange.publish``
+        does, without an exchange object per target).
+        """
         assert self._publish_channel is not None
-        target = self._exchanges.get(exchange)
-        if target is None:
-            if exchange:
-                target = await self._publish_channel.get_exchange(exchange, ensure=False)
-            else:
-                target = self._publish_channel.default_exchange
-            self._exchanges[exchange] = target
-        await target.publish(message, routing_key, mandatory=True, timeout=PUBLISH_TIMEOUT_SECONDS)
+        if self._publish_channel.is_closed:
+            raise ChannelInvalidStateError(f"{self._publish_channel!r} closed")
+        channel = await self._publish_channel.get_underlay_channel()
+        await channel.basic_publish(
+            message.body,
+            exchange=exchange,
+            routing_key=routing_key,
+            properties=message.properties,
+            mandatory=True,
+            timeout=PUBLISH_TIMEOUT_SECONDS,
+        )
 
     async def dead_letter(self, delivery: Consumed, queue: str, code: str, reason: str) -> None:
         """Publish a copy of the delivery, with the reason in headers (bounded), to a dead-letter queue."""

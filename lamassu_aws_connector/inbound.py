@@ -27,12 +27,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import DeliveryMode
 from aiormq.exceptions import PublishError
 
 from . import tracing
 from .actions import ReplyActions
-from .amqp import AmqpGateway, string_headers
+from .amqp import AmqpGateway, Outgoing, string_headers
 from .claimcheck import ClaimCheck, Unresolvable
 from .config import APP_ID, Settings
 from .correlation import CorrelationTable
@@ -337,17 +338,19 @@ class InboundPipeline:
         problem = amqp_limit_problem(parsed.type, parsed.id, headers)
         if problem is not None:
             raise _PublishFailed(ErrorCode.AMQP_REJECTED, f"the reply cannot be an AMQP message: {problem}")
-        message = aio_pika.Message(
-            body=parsed.body if parsed.repaired_id else raw,
-            content_type="application/cloudevents+json",
-            message_id=parsed.id,
-            app_id=APP_ID,
-            delivery_mode=DeliveryMode.PERSISTENT,
-            headers=headers,
+        message = Outgoing(
+            parsed.body if parsed.repaired_id else raw,
+            aiormq.spec.Basic.Properties(
+                content_type="application/cloudevents+json",
+                message_id=parsed.id,
+                app_id=APP_ID,
+                delivery_mode=DeliveryMode.PERSISTENT,
+                headers=headers,
+            ),
         )
         await self._publish_confirmed(self._settings.amqp.reply_exchange, parsed.type, message)
 
-    async def _publish_confirmed(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
+    async def _publish_confirmed(self, exchange: str, routing_key: str, message: aio_pika.Message | Outgoing) -> None:
         """Publish until RabbitMQ confirms, within the reply's attempt budget (outcomes.py decides).
 
         An unroutable return (PublishError) is raised at once; an error the message itself causes
