@@ -84,7 +84,7 @@ def service_pids() -> dict[str, int]:
             continue
         if "beam.smp" in command and "rabbit" in command:
             found["rabbitmq"] = int(entry.name)
-        elif "localstack" in command and "runtime.main" in command or "moto_server" in command:
+        elif ("localstack" in command and "runtime.main" in command) or "moto_server" in command:
             found["sqs emulator"] = int(entry.name)
     return found
 

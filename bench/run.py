@@ -53,10 +53,10 @@ from common import (
     peak_rss_mb,
     preload_amqp,
     preload_sqs,
+    service_pids,
+    services_cpu,
     sqs_client,
     sqs_depth,
-    services_cpu,
-    service_pids,
     sqs_wire,
     unique,
     wait_until,
@@ -492,7 +492,7 @@ def table(figures: Figures, args: argparse.Namespace) -> str:
     row("connector peak RSS MB")
     row("connector duplicates")
     for name in ("p50", "p95", "p99"):
-        row(f"latency {name} ms", "target p99 ≤ 1.5× the baseline's" if name == "p99" else "")
+        row(f"latency {name} ms", "target p99 ≤ 1.5 x the baseline's" if name == "p99" else "")
     for name in ("p50", "p95", "p99"):
         row(f"direct SendMessage latency {name} ms", "baseline: same load straight to SQS" if name == "p50" else "")
     ratio("latency p99 / baseline p99", "latency p99 ms", "direct SendMessage latency p99 ms", "target ≤ 1.5")
@@ -529,7 +529,7 @@ async def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes and one run: check the benchmark works")
     parser.add_argument("--markdown", type=Path, help="replace the table between bench markers in this file")
     parser.add_argument(
-        "--variants", default="connector,batched,naive,raw", help="outbound/reply variants to run (profiling: connector)"
+        "--variants", default="connector,batched,naive,raw", help="outbound/reply variants to run (e.g. connector)"
     )
     args = parser.parse_args()
     if args.quick:

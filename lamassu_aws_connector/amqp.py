@@ -20,7 +20,7 @@ import datetime as dt
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -499,7 +499,8 @@ class AmqpGateway:
         assert self._publish_channel is not None
         if self._publish_channel.is_closed:
             raise ChannelInvalidStateError(f"{self._publish_channel!r} closed")
-        channel = await self._publish_channel.get_underlay_channel()
+        # aiormq's Channel, whose basic_publish takes wait= (its abstract signature does not say so).
+        channel = cast(aiormq.Channel, await self._publish_channel.get_underlay_channel())
         await channel.basic_publish(
             message.body,
             exchange=exchange,
