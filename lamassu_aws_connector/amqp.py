@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
@@ -117,7 +117,7 @@ class Delivery:
 
     @property
     def priority(self) -> int | None:
-        return self._properties.priority
+        return self._properties.priority or 0  # as aio-pika reads an absent priority
 
     @property
     def correlation_id(self) -> str | None:
@@ -155,7 +155,7 @@ class Delivery:
             await self.channel.basic_ack(delivery_tag=self.delivery_tag, multiple=multiple, wait=False)
 
 
-Handler = Callable[[Consumed], Awaitable[None]]
+Handler = Callable[[Consumed], Coroutine[Any, Any, None]]
 FanoutHandler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 
 
@@ -181,8 +181,9 @@ class _DeliveryQueue(RobustQueue):
         timeout: float | None = None,  # noqa: ASYNC109 - aio-pika's signature, called by its restore
         robust: bool = True,
     ) -> ConsumerTag:
-        async def on_message(message: DeliveredMessage) -> None:
-            await callback(Delivery(message))
+        def on_message(message: DeliveredMessage) -> Coroutine[Any, Any, None]:
+            # aiormq runs what this returns as the message's task: the handler's own coroutine.
+            return callback(Delivery(message))
 
         channel = await self.channel.get_underlay_channel()
         result = await channel.basic_consume(
