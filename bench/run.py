@@ -5,10 +5,12 @@ them). Figures (see docs/performance.md for what each means and the targets):
 
   outbound   N pre-loaded events drained into SQS by (a) the connector, (b) a naive bridge,
              (c) a hand-written batched bridge: msgs/s from process start to the last message
-             visible in SQS; client CPU µs per message (/proc user+sys); peak RSS
+             visible in SQS; client CPU µs per message (/proc user+sys); peak RSS; the CPU the
+             run cost RabbitMQ and the SQS emulator per message (they share the cores)
   latency    steady offered load (200 msgs/s, 60 s): publish -> visible to a long-polling consumer
   reply      N replies pre-loaded in SQS: connector until all confirmed in RabbitMQ and deleted,
              beside a raw ReceiveMessage + DeleteMessageBatch loop with the same number of pollers
+             (CPU per message of both)
   replicas   (only when asked: --only replicas) the reply flow with 1 and with 3 replicas
   idle       an idle connector: ReceiveMessage calls per minute per poller, CPU %
   memory     peak RSS while draining a large backlog
