@@ -115,6 +115,8 @@ class InboundPipeline:
         resolve = claim_check is not None and settings.claim_check.resolve_replies
         self._claim_check = claim_check if resolve else None
         self._stopping = asyncio.Event()
+        # Resolved by stop(): one future the pollers race their waits against (created in start()).
+        self._stop_signal: asyncio.Future[None] | None = None
         self._pollers: list[asyncio.Task[None]] = []
         # A poller receives the next batch while RabbitMQ confirms the previous one; this bounds
         # how many received batches (held invisible in SQS) each poller may have in hand.
@@ -124,6 +126,7 @@ class InboundPipeline:
         self._delete_policy = SQS_DELETE.with_limits(max_seconds=settings.sqs.visibility_timeout * 0.75)
 
     async def start(self) -> None:
+        self._stop_signal = asyncio.get_running_loop().create_future()
         await self._amqp.declare_topic_exchange(self._settings.amqp.reply_exchange)
         await self._amqp.declare_durable_queue(self._settings.amqp.reply_dead_letter_queue)
         self._pollers = [
@@ -149,6 +152,8 @@ class InboundPipeline:
     async def stop(self) -> None:
         """Stop receiving; let the batches being published settle. Bound it with a timeout."""
         self._stopping.set()
+        if self._stop_signal is not None and not self._stop_signal.done():
+            self._stop_signal.set_result(None)
         if self._actions is not None:
             self._actions.stop()  # a reply whose action keeps failing is left in SQS
         await asyncio.gather(*self._pollers, return_exceptions=True)
@@ -167,7 +172,9 @@ class InboundPipeline:
                     log.warning("inbound.paused", reason="AMQP connection down", poller=number)
                     await self._until_stopping(self._amqp.wait_connected())
                     continue
-                if await self._until_stopping(self._batch_slots.acquire()) is None:
+                if not self._batch_slots.locked():
+                    await self._batch_slots.acquire()  # a free slot is taken at once: nothing to race
+                elif await self._until_stopping(self._batch_slots.acquire()) is None:
                     continue  # stopping
                 try:
                     messages = await self._until_stopping(
@@ -209,11 +216,14 @@ class InboundPipeline:
     async def _until_stopping(self, awaitable: Any) -> Any:
         """Await something, but give up (returning None) as soon as a stop is requested."""
         work = asyncio.ensure_future(awaitable)
-        stop = asyncio.ensure_future(self._stopping.wait())
+        stop = self._stop_signal
+        if stop is None:  # not started: nothing to stop
+            return await work
         try:
             await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
         if work.done():
             return work.result()
         work.cancel()
@@ -467,9 +477,13 @@ class InboundPipeline:
         # Keep trying while the messages are still invisible: once they reappear they are relayed
         # again anyway. Meanwhile this batch holds its poller slot, so nothing more is received.
         try:
-            async for attempt in self._delete_policy.retrying(failed_and(lambda _: True)):
-                with attempt:
-                    response = await self._sqs.delete_batch(self._queue, receipts)
+            try:
+                response = await self._sqs.delete_batch(self._queue, receipts)
+            except Exception:
+                # The retry loop is built only after a failure: it costs more than the call's own work.
+                async for attempt in self._delete_policy.retrying(failed_and(lambda _: True)):
+                    with attempt:
+                        response = await self._sqs.delete_batch(self._queue, receipts)
         except Exception as exc:
             # They reappear after the visibility timeout and are relayed again: a duplicate, not a loss.
             log.error(
