@@ -22,9 +22,11 @@ The models are tolerant where Lamassu is loose (extra fields are kept, fields La
 some version are optional) and strict where a wrong value would mislead AWS: status enums, the
 serial-number format, and certificate fields. The certificate of a CA or certificate (either CA
 shape) and the v1/v2.0 certificate fields the catalogue always parsed must decode to an X.509
-certificate (parsed once, cached); the certificate fields of the types added with Lamassu v3.8 support
-(enrollments, v2.0 signing and device events) are checked for shape only (base64 of a PEM
-``CERTIFICATE`` block), so the enrollment path costs no X.509 parse. Shapes were learnt from the
+certificate (parsed once, cached) when the check is asked to parse (``check_data(...,
+parse_certificates=True)``, the default; the daemon asks per ``validation.certificates``, which by
+default keeps the X.509 parse off its hot path); otherwise, and always for the certificate fields
+of the types added with Lamassu v3.8 support (enrollments, v2.0 signing and device events), they
+are checked for shape only (base64 of a PEM ``CERTIFICATE`` block). Shapes were learnt from the
 public lamassuiot repositories at their release tags; each model's docstring names its source files.
 """
 
@@ -51,6 +53,7 @@ from pydantic import (
     StringConstraints,
     Tag,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -114,6 +117,10 @@ FalseFlag = Annotated[
 TrueFlag = Annotated[bool, Strict(), AfterValidator(_must_be(True)), WithJsonSchema({"type": "boolean", "const": True})]
 
 
+# Validation-context key: False keeps the X.509 parse of Base64PemCertificate fields off (shape only).
+_PARSE_CERTIFICATES = "parse_certificates"
+
+
 @functools.lru_cache(maxsize=512)
 def _certificate_problem(value: str) -> str | None:
     """Why a base64 PEM string is not an X.509 certificate, or None. Cached: v3 updates repeat it."""
@@ -134,7 +141,10 @@ def _certificate_problem(value: str) -> str | None:
     return None
 
 
-def _x509_base64_pem(value: str) -> str:
+def _x509_base64_pem(value: str, info: ValidationInfo) -> str:
+    context = info.context
+    if isinstance(context, dict) and context.get(_PARSE_CERTIFICATES) is False:
+        return _base64_pem_shape(value)
     problem = _certificate_problem(value)
     if problem is not None:
         raise ValueError(problem)
@@ -1419,11 +1429,14 @@ def is_known(event_type: str) -> bool:
     return kind is not EventKind.UNKNOWN and action_of(event_type) in AUDITED_ACTIONS
 
 
-def check_data(event_type: str, data: Any, direction: Direction | None = None) -> str | None:
+def check_data(
+    event_type: str, data: Any, direction: Direction | None = None, *, parse_certificates: bool = True
+) -> str | None:
     """Why ``data`` does not fit the catalogue model of ``event_type``, or None (also for unknown types).
 
     A type known in both directions (v1 ``io.lamassu.iotcore.*.status.update``) is checked against
     the model of ``direction`` when given, else it passes if either model accepts it.
+    ``parse_certificates``: False checks certificate fields for shape only (no X.509 parse).
     """
     specs = _resolve(event_type)[1]
     if not specs:
@@ -1431,9 +1444,10 @@ def check_data(event_type: str, data: Any, direction: Direction | None = None) -
     if direction is not None and len(specs) > 1:
         specs = tuple(spec for spec in specs if spec.direction == direction) or specs
     problems = []
+    context = {_PARSE_CERTIFICATES: parse_certificates}
     for spec in specs:
         try:
-            spec.model.model_validate(data)
+            spec.model.model_validate(data, context=context)
             return None
         except ValidationError as exc:
             problems.append(describe(exc))
@@ -1475,17 +1489,21 @@ def json_schemas() -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 class DataCheck:
-    """``validation.data`` for outbound events: off, warn (forward, count, log) or enforce (reject)."""
+    """``validation.data`` for outbound events: off, warn (forward, count, log) or enforce (reject);
+    ``parse_certificates`` per ``validation.certificates`` (x509: True, shape: False)."""
 
-    def __init__(self, mode: Literal["off", "warn", "enforce"], metrics: Metrics) -> None:
+    def __init__(
+        self, mode: Literal["off", "warn", "enforce"], metrics: Metrics, *, parse_certificates: bool = True
+    ) -> None:
         self._mode = mode
         self._metrics = metrics
+        self._parse_certificates = parse_certificates
 
     def rejection(self, event: CloudEvent, fields: dict[str, Any]) -> str | None:
         """The reason to dead-letter ``event``, or None to forward it. Unknown types cost one dict lookup."""
         if self._mode == "off" or not (_RESOLVED.get(event.type) or _resolve(event.type))[1]:
             return None
-        problem = check_data(event.type, event.data, Direction.COMMAND)
+        problem = check_data(event.type, event.data, Direction.COMMAND, parse_certificates=self._parse_certificates)
         if problem is None:
             return None
         label = event.type if is_known(event.type) else specs_for(event.type)[0].event_type  # bounded labels

@@ -216,7 +216,9 @@ class OutboundPipeline:
         health: DependencyHealth | None = None,
     ) -> None:
         self._settings = settings
-        self._data_check = DataCheck(settings.validation.data, metrics)
+        self._data_check = DataCheck(
+            settings.validation.data, metrics, parse_certificates=settings.validation.certificates == "x509"
+        )
         self._correlation = correlation
         self._amqp = amqp
         self._sqs = sqs

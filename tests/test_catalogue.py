@@ -20,7 +20,8 @@ from cryptography.x509.oid import NameOID
 from lamassu_aws_connector import catalogue
 from lamassu_aws_connector.catalogue import DataCheck, Direction, check_data, json_schemas
 from lamassu_aws_connector.catalogue_cli import list_events, render_schema, validate_files
-from lamassu_aws_connector.events import parse_structured
+from lamassu_aws_connector.config import Settings
+from lamassu_aws_connector.events import CloudEvent, parse_structured
 from lamassu_aws_connector.metrics import Metrics
 
 from .test_cli import cli
@@ -694,3 +695,21 @@ def test_known_types_are_a_bounded_set_for_metric_labels() -> None:
         )
         == 1
     )
+
+
+def test_certificates_are_parsed_only_when_asked() -> None:
+    """validation.certificates: shape keeps the X.509 parse off the daemon's hot path; x509 (and the
+    validate tool, and check_data's default) parse."""
+    bad = json.loads((FIXTURES / "invalid" / "v3.8.0-certificate.metadata.update--not-x509.json").read_text())
+    data = bad["data"]
+    catalogue._certificate_problem.cache_clear()
+    assert check_data(bad["type"], data, parse_certificates=False) is None  # base64 of a PEM block: the shape holds
+    assert catalogue._certificate_problem.cache_info().misses == 0
+    assert "does not decode to an X.509" in (check_data(bad["type"], data) or "")
+    not_base64 = {**data, "updated": {**data["updated"], "certificate": "not base64!"}}
+    assert "is not valid base64" in (check_data(bad["type"], not_base64, parse_certificates=False) or "")
+    event = CloudEvent.model_validate(bad)
+    metrics = Metrics()
+    assert DataCheck("enforce", metrics, parse_certificates=False).rejection(event, {}) is None
+    assert DataCheck("enforce", metrics, parse_certificates=True).rejection(event, {}) is not None
+    assert Settings().validation.certificates == "shape"
