@@ -140,6 +140,9 @@ class ForwardConfig(_Section):
     types: list[str] = Field(default_factory=lambda: ["*"])
     linger_ms: float = Field(5.0, ge=0, le=10_000)
     max_batches_in_flight: int = Field(8, ge=1, le=128)
+    # false: a partial batch leaves at once when no batch is in flight (lowest latency); true: it
+    # always waits linger_ms (fewer, fuller SendMessageBatch calls at moderate rates).
+    linger_when_idle: bool = False
     max_entry_attempts: int = Field(8, ge=1)
     retry_max_backoff_seconds: float = Field(20.0, gt=0)
     # Lamassu v3.5+ audit copies (audit.<type>) and error records (<type>.error), applied after

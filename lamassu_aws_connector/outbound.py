@@ -122,10 +122,13 @@ class ByteBudget:
 class Batcher:
     """Groups entries into SendMessageBatch calls: at most 10 entries and ``max_bytes``.
 
-    A batch leaves when it is full, or when ``linger`` has passed since its oldest entry. While every
-    slot is busy entries accumulate, and a freed slot takes a partial batch only once its oldest
-    entry has lingered: under load every call carries 10 entries (each SQS call costs about 1 ms of
-    client CPU whatever its size, and is billed per request).
+    A batch leaves when it is full, or when ``linger`` has passed since its oldest entry, or, with
+    ``send_when_idle``, as soon as no batch is in flight: nothing is then gained by waiting (at 200
+    events a second a 5 ms linger gathers one or two entries anyway) and the wait was most of the
+    connector's latency (p99 12 ms against 5.5 ms for a direct SendMessage). While batches are in
+    flight entries accumulate, and a freed slot takes a partial batch only once its oldest entry has
+    lingered: under load every call carries 10 entries (each SQS call costs client CPU whatever its
+    size, and is billed per request).
     """
 
     def __init__(
@@ -135,11 +138,15 @@ class Batcher:
         max_bytes: int,
         linger_seconds: float,
         max_in_flight: int,
+        send_when_idle: bool = False,
     ) -> None:
         self._send = send
         self._max_bytes = max_bytes
         self._linger = linger_seconds
+        self._max_in_flight = max_in_flight
         self._free_slots = max_in_flight
+        self._send_when_idle = send_when_idle
+        self._idle_check_scheduled = False
         self._buffer: deque[Pending] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -151,8 +158,20 @@ class Batcher:
         self._buffer.append(item)
         if len(self._buffer) >= _MAX_BATCH_ENTRIES:
             self._dispatch(force=False)
+        if self._buffer and self._idle() and not self._idle_check_scheduled:
+            # At the end of this loop turn, so the deliveries read together leave together.
+            self._idle_check_scheduled = True
+            asyncio.get_running_loop().call_soon(self._on_idle_check)
         if self._buffer and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._linger, self._on_linger)
+
+    def _idle(self) -> bool:
+        return self._send_when_idle and self._free_slots == self._max_in_flight
+
+    def _on_idle_check(self) -> None:
+        self._idle_check_scheduled = False
+        if self._idle():
+            self._dispatch(force=True)
 
     def _on_linger(self) -> None:
         self._timer = None
@@ -182,7 +201,7 @@ class Batcher:
             log.exception("outbound.batch_failed", entries=len(batch))
         finally:
             self._free_slots += 1
-            self._dispatch(force=self._lingered())
+            self._dispatch(force=self._lingered() or self._idle())
 
     def _lingered(self) -> bool:
         return bool(self._buffer) and time.monotonic() - self._buffer[0].received_at >= self._linger
@@ -235,6 +254,7 @@ class OutboundPipeline:
             linger_seconds=settings.forward.linger_ms / 1000,
             # FIFO order within a message group survives only with one batch out at a time.
             max_in_flight=1 if command_queue.fifo else settings.forward.max_batches_in_flight,
+            send_when_idle=not settings.forward.linger_when_idle,
         )
         # Deliveries inside on_delivery, and a future that the last of them to leave resolves (stop()).
         self._handling = 0

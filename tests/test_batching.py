@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from aiormq.exceptions import ChannelInvalidStateError, ConnectionClosed
@@ -171,6 +172,31 @@ async def test_batcher_fills_batches_while_slots_are_busy() -> None:
     release.set()
     await batcher.drain()
     assert sent == [1, 10, 10, 5]
+
+
+async def test_batcher_sends_at_once_when_idle_and_batches_while_busy() -> None:
+    """send_when_idle: no batch in flight -> a partial batch leaves this loop turn, not after the linger;
+    batches in flight -> entries wait (for ten, the linger, or the pipe to go idle)."""
+    sent: list[int] = []
+    release = asyncio.Event()
+
+    async def send(batch: list[Pending]) -> None:
+        sent.append(len(batch))
+        await release.wait()
+
+    batcher = Batcher(send, max_bytes=10_000, linger_seconds=60, max_in_flight=2, send_when_idle=True)
+    for _ in range(3):  # read together: they leave together
+        batcher.add(Pending(None, None, {}, 10, time.monotonic()))  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    assert sent == [3]
+    for _ in range(4):  # a batch is in flight: these wait, the linger is a minute
+        batcher.add(Pending(None, None, {}, 10, time.monotonic()))  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    assert sent == [3]
+    release.set()  # the pipe goes idle: what waits leaves at once
+    await asyncio.sleep(0.01)
+    assert sent == [3, 4]
+    await batcher.drain()
 
 
 async def test_batcher_respects_the_byte_limit() -> None:

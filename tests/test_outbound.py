@@ -206,7 +206,8 @@ async def test_fifo_queue_gets_group_and_content_based_dedup_ids(world: World) -
 
 
 async def test_partial_batch_failure_dead_letters_only_the_rejected_entry(world: World) -> None:
-    settings = world.settings(forward={"linger_ms": 2000})
+    # All ten in one SendMessageBatch: wait the linger even while no batch is in flight.
+    settings = world.settings(forward={"linger_ms": 2000, "linger_when_idle": True})
     small = [samples.body(samples.v1_cert_update(serial=f"00-{i:02d}")) for i in range(9)]
     big = samples.body(samples.v1_ca_update(name="y" * 3000))
     async with running(settings) as service:
