@@ -486,12 +486,14 @@ class OutboundPipeline:
             entry["MessageDeduplicationId"] = hashlib.sha256(parsed.body).hexdigest()
         return entry
 
-    def _observe_sent(self, item: Pending, sqs_message_id: str | None) -> None:
-        """Correlation and tracing of a confirmed event: a failure here must never hold up its ack."""
+    def _observe_sent(self, item: Pending, sqs_message_id: str | None, *, traced: bool) -> None:
+        """Correlation and tracing of a confirmed event: a failure here must never hold up its ack.
+
+        ``traced``: tracing.enabled(), asked once per SQS answer rather than once per event."""
         try:
             if self._correlation is not None:
                 self._correlation.command_sent(item.parsed.event)
-            if tracing.enabled():
+            if traced:
                 self._trace_span(item, sqs_message_id)
         except Exception:
             log.exception("outbound.observe_failed", **item.log_fields)
@@ -583,9 +585,10 @@ class OutboundPipeline:
             self._health.up(COMMAND_QUEUE)
             self._last_accepted = now
         sqs_accepting = now - self._last_accepted < _ACCEPTING_WINDOW_SECONDS
+        traced = tracing.enabled()
         for success in successful:
             item = by_id.pop(int(success["Id"]))
-            self._observe_sent(item, success.get("MessageId"))
+            self._observe_sent(item, success.get("MessageId"), traced=traced)
             if self._ack(item.delivery, item.log_fields):
                 self._forwarded_counter(item.parsed.type).inc()
                 self._metrics.outbound_latency.observe(now - item.received_at)
