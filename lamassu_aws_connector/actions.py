@@ -77,6 +77,7 @@ from .outcomes import (
     aws_error_code,
     classify_sqs_entry_failure,
     classify_sqs_error,
+    exception_chain,
 )
 
 if TYPE_CHECKING:
@@ -169,18 +170,7 @@ def classify_answer(http_status: int, lamassu_error: bool) -> Outcome:
 
 
 def _tls_cause(exc: BaseException) -> bool:
-    seen: set[int] = set()
-    pending: list[BaseException] = [exc]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, ssl.SSLError | aiohttp.ClientSSLError):
-            return True
-        pending.extend(arg for arg in current.args if isinstance(arg, BaseException))
-        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-    return False
+    return any(isinstance(e, ssl.SSLError | aiohttp.ClientSSLError) for e in exception_chain(exc))
 
 
 def classify_exception(exc: BaseException) -> tuple[Outcome, str]:

@@ -43,7 +43,7 @@ from aiormq.exceptions import ChannelInvalidStateError
 from .config import APP_ID, AmqpConfig, mask_url
 from .logs import get_logger
 from .metrics import Metrics
-from .outcomes import STARTUP, dead_letter_headers, failed_and
+from .outcomes import STARTUP, dead_letter_headers, exception_chain, failed_and
 
 log = get_logger(__name__)
 
@@ -220,18 +220,7 @@ def _transient_connect_error(exc: BaseException) -> bool:
 
 def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
     """The TLS error somewhere in an exception's chain (aiormq wraps it), if any."""
-    seen: set[int] = set()
-    pending: list[BaseException] = [exc]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, ssl.SSLError):
-            return current
-        pending.extend(arg for arg in current.args if isinstance(arg, BaseException))
-        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-    return None
+    return next((e for e in exception_chain(exc) if isinstance(e, ssl.SSLError)), None)
 
 
 def channel_open(delivery: Consumed) -> bool:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -109,6 +109,21 @@ _DEPENDENCY_ENTRY_MARKERS = ("Kms", "KMS", "Throttl", "NonExistentQueue", "Queue
 QUEUE_MISSING_CODES = frozenset({"NonExistentQueue", "QueueDoesNotExist"})
 # S3 GetObject answers that no retry can change for that object.
 S3_OBJECT_GONE_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "InvalidBucketName", "404", "InvalidObjectState"})
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception behind it: causes, contexts, and exceptions passed as arguments
+    (aiormq and aiohttp wrap the one that matters, e.g. a TLS failure). Each once, cycles ended."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        pending.extend(arg for arg in current.args if isinstance(arg, BaseException))
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
 
 
 def aws_error_code(exc: BaseException) -> str:

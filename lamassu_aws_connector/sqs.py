@@ -45,12 +45,11 @@ class QueueInfo:
 
 
 def message_attributes_size(attributes: dict[str, dict[str, str]]) -> int:
-    """Bytes SQS counts against the message size for these String attributes (UTF-8)."""
-    size = 0
-    for name, value in attributes.items():
-        for text in (name, value["DataType"], value["StringValue"]):
-            size += len(text) if text.isascii() else len(text.encode())
-    return size
+    """Bytes SQS counts against the message size for these String attributes."""
+    return sum(
+        len(name.encode()) + len(value["DataType"].encode()) + len(value["StringValue"].encode())
+        for name, value in attributes.items()
+    )
 
 
 class SqsGateway:
