@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import ssl
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,7 @@ from lamassu_aws_connector.outcomes import (
     classify_sqs_entry_failure,
     classify_sqs_error,
     dead_letter_headers,
+    exception_chain,
     failed_and,
     is_batch_too_long,
     is_unavailable,
@@ -355,3 +357,17 @@ def test_dependency_health_logs_and_counts_each_change_once() -> None:
     health.up("sqs_command_queue")
     assert health.is_up("sqs_command_queue")
     assert sample("lamassu_connector_dependency_up", {"dependency": "sqs_command_queue"}) == 1
+
+
+def test_exception_chain_finds_what_is_wrapped_in_arguments_causes_and_contexts() -> None:
+    """aiormq passes the TLS error as an argument of its own exception; aiohttp chains it as a cause."""
+    tls = ssl.SSLCertVerificationError("certificate verify failed")
+    in_args = ConnectionError("cannot connect", tls)
+    caused = RuntimeError("wrapped")
+    caused.__cause__ = in_args
+    context = ValueError("while handling")
+    context.__context__ = caused
+    context.__cause__ = context  # a cycle ends the walk
+    chain = list(exception_chain(context))
+    assert chain[0] is context and {id(e) for e in chain} == {id(context), id(caused), id(in_args), id(tls)}
+    assert len(chain) == 4
