@@ -13,6 +13,7 @@ from cloudevents.core.bindings import rabbitmq as sdk_rabbitmq
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent as SdkCloudEvent
 
+from lamassu_aws_connector.amqp import _DeliveryQueue
 from lamassu_aws_connector.config import APP_ID
 from lamassu_aws_connector.events import derive_id
 from lamassu_aws_connector.service import Service
@@ -372,3 +373,17 @@ async def test_audit_copies_are_skipped_and_error_records_forwarded_and_counted(
         assert metric(service, "lamassu_failures", action="ca.create") == 1
     assert sorted(orjson.loads(message["Body"])["type"] for message in received) == ["ca.create", "ca.create.error"]
     assert await world.sqs_count(world.command_queue) == 0
+
+
+async def test_a_lone_event_does_not_wait_the_linger_when_no_batch_is_in_flight(world: World) -> None:
+    """forward.linger_when_idle: false (the default): an idle pipe sends a partial batch at once. With a
+    10 s linger the event can only be in SQS within 8 s if it did not wait."""
+    settings = world.settings(forward={"linger_ms": 10_000})
+    raw = samples.body(samples.v3_status_update("dev-idle"))
+    async with running(settings) as service:
+        await world.publish(raw, exchange="")
+        [received] = await world.take_sqs(world.command_queue, 1, timeout=8)
+        assert received["Body"].encode() == raw
+        assert service.metrics.registry.get_sample_value("lamassu_connector_sqs_batch_entries_sum") == 1
+        # The events consumer hands the pipeline aiormq's frames as a Delivery, not aio-pika's IncomingMessage.
+        assert isinstance(service.amqp._queue, _DeliveryQueue)
