@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,13 @@ from hypothesis import strategies as st
 
 from lamassu_aws_connector.catalogue_cli import validate_files
 from lamassu_aws_connector.events import (
+    _RFC3339,
     MAX_DEPTH,
     ErrorCode,
     ParsedEvent,
     Rejection,
+    _rfc3339,
+    _rfc3339_details,
     derive_id,
     forbidden_sqs_character,
     parse_amqp,
@@ -150,6 +154,9 @@ def test_sdk_rabbitmq_output_is_accepted(mode: str) -> None:
 
 def test_sqs_forbidden_characters_detected() -> None:
     assert forbidden_sqs_character('{"a":"\uffff"}'.encode()) == "U+FFFF"
+    assert forbidden_sqs_character('{"a":"\ufffe"}'.encode()) == "U+FFFE"
+    # U+F000-U+FFFD share the first two bytes: allowed
+    assert forbidden_sqs_character('{"a":"\uf000\ufffd"}'.encode()) is None
     assert forbidden_sqs_character(samples.body(samples.v1_ca_update())) is None
 
 
@@ -475,6 +482,31 @@ def test_time_seconds_beyond_60_are_rejected(second: str) -> None:
 def test_leap_second_is_accepted(time: str) -> None:
     raw = _EVENT % f',"time":"{time}"'.encode()
     assert parse_structured(raw).event.time == time
+
+
+_TIME_PARTS = st.tuples(
+    st.sampled_from(["0000", "1900", "2016", "2024", "9999"]),
+    *(st.integers(0, top).map("{:02d}".format) for top in (13, 32, 25, 61, 62)),
+    st.sampled_from(["", ".5", ".123456789"]),
+    st.sampled_from(["Z", "z", "+00:00", "-01:00", "+00:60", "+24:00"]),
+)
+
+
+@settings(max_examples=3000)
+@given(_TIME_PARTS)
+def test_utc_time_fast_path_agrees_with_the_detailed_checks(parts: tuple[str, ...]) -> None:
+    year, month, day, hour, minute, second, fraction, zone = parts
+    value = f"{year}-{month}-{day}T{hour}:{minute}:{second}{fraction}{zone}"
+    match = _RFC3339.match(value)
+    assert match is not None
+
+    def verdict(check: Callable[[], str]) -> str:
+        try:
+            return check()
+        except ValueError as exc:
+            return str(exc)
+
+    assert verdict(lambda: _rfc3339(value)) == verdict(lambda: _rfc3339_details(value, match))
 
 
 def test_leap_second_away_from_2359_utc_is_rejected() -> None:
