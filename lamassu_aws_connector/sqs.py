@@ -1,8 +1,10 @@
 """Thin SQS adapter over aiobotocore: queue resolution, batch send, long poll, batch delete.
 
-The per-message calls go out through ``sqs_wire`` (SQS's JSON protocol signed by botocore, without
-the full client's per-call cost) unless ``sqs.fast_path`` is false; everything else through the
-aiobotocore client.
+Every call goes out through ``sqs_wire`` (SQS's JSON protocol, signed here, without the full
+client's per-call cost) unless ``sqs.fast_path`` is false. The aiobotocore client is built only when
+something needs it: the fast path off, or no ``sqs.endpoint_url`` (botocore then resolves the
+endpoint: region, FIPS, ``AWS_ENDPOINT_URL_SQS``). Building it loads and indexes botocore's service
+data, ~0.1-0.2 s of CPU at every start.
 
 It returns what SQS answered and raises what botocore raised; how a failure is classified is
 decided in outcomes.py, what to do about it in the pipelines. Credentials come from the standard
@@ -57,34 +59,20 @@ class SqsGateway:
         self._config = config
         self._metrics = metrics
         self._stack = AsyncExitStack()
-        self._client: Any = None
+        self._session: AioSession = get_session()
+        self._client: Any = None  # the full aiobotocore client, built when first needed
         self._wire: SqsJsonWire | None = None
         self.available = False  # the last call reached SQS (readiness)
 
     async def __aenter__(self) -> SqsGateway:
-        client_config = AioConfig(
-            retries={"mode": "standard", "max_attempts": _QUICK_RETRIES},
-            connect_timeout=self._config.connect_timeout_seconds,
-            read_timeout=self._config.wait_time_seconds + 15,
-            max_pool_connections=64,
-            # Entries are built by the pipelines with known types; botocore re-checking every
-            # attribute of every entry costs ~6 % of the connector's CPU. SQS still validates.
-            parameter_validation=False,
-        )
-        session: AioSession = get_session()
-        self._client = await self._stack.enter_async_context(
-            session.create_client(
-                "sqs",
-                region_name=self._config.region,
-                endpoint_url=self._config.endpoint_url,
-                config=client_config,
-            )
-        )
+        endpoint = self._config.endpoint_url
+        if not (self._config.fast_path and endpoint):
+            endpoint = (await self._full_client()).meta.endpoint_url
         if self._config.fast_path:
             wire = SqsJsonWire(
-                session,
+                self._session,
                 region=self._config.region,
-                endpoint_url=self._client.meta.endpoint_url,
+                endpoint_url=endpoint,
                 connect_timeout=self._config.connect_timeout_seconds,
                 read_timeout=self._config.wait_time_seconds + 15,
                 max_connections=64,
@@ -94,6 +82,27 @@ class SqsGateway:
             self._stack.push_async_callback(wire.close)
             self._wire = wire
         return self
+
+    async def _full_client(self) -> Any:
+        if self._client is None:
+            client_config = AioConfig(
+                retries={"mode": "standard", "max_attempts": _QUICK_RETRIES},
+                connect_timeout=self._config.connect_timeout_seconds,
+                read_timeout=self._config.wait_time_seconds + 15,
+                max_pool_connections=64,
+                # Entries are built by the pipelines with known types; botocore re-checking every
+                # attribute of every entry costs ~6 % of the connector's CPU. SQS still validates.
+                parameter_validation=False,
+            )
+            self._client = await self._stack.enter_async_context(
+                self._session.create_client(
+                    "sqs",
+                    region_name=self._config.region,
+                    endpoint_url=self._config.endpoint_url,
+                    config=client_config,
+                )
+            )
+        return self._client
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._stack.aclose()
@@ -105,7 +114,7 @@ class SqsGateway:
             if self._wire is not None and operation in WIRE_OPERATIONS:
                 result = await self._wire.call(operation, params)
             else:
-                result = await getattr(self._client, _snake(operation))(**params)
+                result = await getattr(await self._full_client(), _snake(operation))(**params)
         except Exception as exc:
             if error_code(exc) in expected:
                 self._set_available(True)

@@ -45,7 +45,15 @@ from . import __version__
 from .outcomes import SQS_QUICK, failed_and, is_unavailable
 
 WIRE_OPERATIONS = frozenset(
-    {"SendMessageBatch", "ReceiveMessage", "DeleteMessageBatch", "ChangeMessageVisibilityBatch"}
+    {
+        "SendMessageBatch",
+        "ReceiveMessage",
+        "DeleteMessageBatch",
+        "ChangeMessageVisibilityBatch",
+        "GetQueueUrl",
+        "CreateQueue",
+        "GetQueueAttributes",
+    }
 )
 _CONTENT_TYPE = "application/x-amz-json-1.0"
 
@@ -142,8 +150,11 @@ class SqsJsonWire:
 
     async def start(self) -> None:
         # The CA bundle botocore would use (AWS_CA_BUNDLE / ca_bundle, else its own), never unverified.
-        ca_bundle = self._session.get_config_variable("ca_bundle") or get_cert_path(True)
-        context = ssl.create_default_context(cafile=ca_bundle)
+        # Loading it costs ~20-60 ms of CPU: only for https (a plain-http endpoint is a local emulator).
+        context: ssl.SSLContext | bool = True
+        if self._url.startswith("https:"):
+            ca_bundle = self._session.get_config_variable("ca_bundle") or get_cert_path(True)
+            context = ssl.create_default_context(cafile=ca_bundle)
         # HTTPS_PROXY / NO_PROXY as botocore reads them, once: aiohttp's trust_env would look them
         # (and ~/.netrc) up again in a worker thread for every request.
         proxy = get_environ_proxies(self._url).get(self._url.split(":", 1)[0])

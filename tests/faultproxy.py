@@ -26,6 +26,7 @@ from __future__ import annotations
 import hmac
 import random
 import re
+import ssl
 from collections import Counter
 
 import aiohttp
@@ -42,7 +43,13 @@ _REFUSALS = ("500", "503", "throttle", "access_denied", "invalid_identity_token"
 
 class FaultProxy:
     def __init__(
-        self, upstream: str, fault_rates: dict[str, float], *, seed: int = 5, signing_secret: str | None = None
+        self,
+        upstream: str,
+        fault_rates: dict[str, float],
+        *,
+        seed: int = 5,
+        signing_secret: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         unknown = set(fault_rates) - set(FAULTS)
         if unknown:
@@ -59,10 +66,11 @@ class FaultProxy:
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self.port = 0
+        self.tls = tls  # serve https with this server context (certificate for localhost)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"https://localhost:{self.port}" if self.tls else f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(auto_decompress=False)
@@ -70,7 +78,7 @@ class FaultProxy:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.tls)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -17,17 +19,18 @@ from aiohttp import web
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, SSLError
 
 from lamassu_aws_connector.config import SqsConfig
 from lamassu_aws_connector.metrics import Metrics
 from lamassu_aws_connector.outcomes import Outcome, classify_sqs_error, is_unavailable
 from lamassu_aws_connector.outcomes import aws_error_code as error_code
-from lamassu_aws_connector.sqs import _NOT_FOUND_CODES, QueueInfo, SqsGateway
+from lamassu_aws_connector.sqs import _NOT_FOUND_CODES, QueueInfo, QueueNotFound, SqsGateway
 from lamassu_aws_connector.sqs_wire import SigV4Signer
 
 from .conftest import SQS_ENDPOINT, World
 from .faultproxy import FaultProxy
+from .tls_broker import make_pki
 
 pytestmark = pytest.mark.asyncio
 
@@ -99,6 +102,52 @@ async def test_send_receive_delete_round_trip(world: World, fast_path: bool) -> 
         deleted = await sqs.delete_batch(queue, receipts)
         assert len(deleted["Successful"]) == 10 and not deleted.get("Failed")
         assert await world.sqs_count(world.command_queue) == 0
+
+
+async def test_queues_resolved_and_created_alike_on_both_paths(world: World, fast_path: bool) -> None:
+    fifo_name = f"{world.command_queue}.fifo"
+    async with gateway(fast_path) as sqs:
+        with pytest.raises(QueueNotFound, match="does not exist"):
+            await sqs.resolve(world.command_queue, create=False)
+        created = await sqs.resolve(world.command_queue, create=True)
+        world.sqs_queues.append(world.command_queue)
+        fifo = await sqs.resolve(fifo_name, create=True)
+        world.sqs_queues.append(fifo_name)
+        again = await sqs.resolve(world.command_queue, create=False)
+        # Only the full client's path builds it: the fast path with a known endpoint needs none.
+        assert (sqs._client is None) is fast_path
+    assert created == again
+    assert created.url.endswith(f"/{world.command_queue}") and not created.fifo
+    assert created.max_message_bytes == 1_048_576  # read from the queue, not assumed
+    assert fifo.fifo and fifo.url.endswith(f"/{fifo_name}")
+
+
+async def test_https_endpoint_verified_against_the_ca_bundle(
+    world: World, fast_path: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pki = make_pki(tmp_path)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+    tls_proxy = FaultProxy(SQS_ENDPOINT, {}, tls=server)
+    await tls_proxy.start()
+    try:
+        # A certificate no trusted CA signed: refused (TLS verification is on by default), nothing sent.
+        monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+        async with gateway(fast_path, tls_proxy.url) as sqs:
+            with pytest.raises(SSLError):
+                await sqs.resolve(world.command_queue, create=True)
+        assert tls_proxy.forwarded == 0
+        # The operator's CA bundle (AWS_CA_BUNDLE, as botocore reads it) makes the same endpoint good.
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(pki.ca_cert))
+        async with gateway(fast_path, tls_proxy.url) as sqs:
+            queue = await sqs.resolve(world.command_queue, create=True)
+            world.sqs_queues.append(world.command_queue)
+            sent = await sqs.send_batch(queue, [entry(n) for n in range(3)])
+        assert len(sent["Successful"]) == 3
+        assert await world.sqs_count(world.command_queue) == 3
+        assert tls_proxy.forwarded >= 3
+    finally:
+        await tls_proxy.stop()
 
 
 async def test_partial_batch_failure_comes_back_per_entry(world: World, fast_path: bool) -> None:
