@@ -2,6 +2,8 @@
 
     python bench/bridges.py naive   --queue Q --sqs-url URL      consume one -> SendMessage -> ack
     python bench/bridges.py batched --queue Q --sqs-url URL      prefetch 200, batches of 10 or 5 ms, 8 in flight
+    python bench/bridges.py same-messages --queue Q --sqs-url URL   the batched bridge, sending the messages
+                                                                 the connector sends (its ce-* attributes)
     python bench/bridges.py drain   --sqs-url URL --count N --pollers K   ReceiveMessage(10, all attrs) + delete
 
 None of them validates anything, logs or counts: they are what a quick script would do.
@@ -14,6 +16,7 @@ import asyncio
 from typing import Any
 
 import aio_pika
+import orjson
 from aio_pika.abc import AbstractIncomingMessage
 from common import AMQP_URL, sqs_client
 
@@ -29,7 +32,16 @@ async def naive(queue_name: str, sqs_url: str) -> None:
             await message.ack()
 
 
-async def batched(queue_name: str, sqs_url: str) -> None:
+def connector_attributes(body: bytes) -> dict[str, dict[str, str]]:
+    """The SQS message attributes the connector puts on an event (README "What goes to SQS")."""
+    event = orjson.loads(body)
+    names = ("specversion", "type", "source", "id", "subject", "time")
+    attributes = {f"ce-{name}": str(event[name]) for name in names if event.get(name)}
+    attributes["ce-correlationid"] = str(event.get("correlationid") or event["id"])
+    return {name: {"DataType": "String", "StringValue": value} for name, value in attributes.items()}
+
+
+async def batched(queue_name: str, sqs_url: str, *, same_messages: bool = False) -> None:
     connection = await aio_pika.connect_robust(AMQP_URL)
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=200)
@@ -45,7 +57,12 @@ async def batched(queue_name: str, sqs_url: str) -> None:
             async with slots:
                 pending = dict(enumerate(batch))
                 while pending:
-                    entries = [{"Id": str(i), "MessageBody": m.body.decode()} for i, m in pending.items()]
+                    entries: list[dict[str, Any]] = [
+                        {"Id": str(i), "MessageBody": m.body.decode()} for i, m in pending.items()
+                    ]
+                    if same_messages:
+                        for item, message in zip(entries, pending.values(), strict=True):
+                            item["MessageAttributes"] = connector_attributes(message.body)
                     response: dict[str, Any] = await sqs.send_message_batch(QueueUrl=sqs_url, Entries=entries)
                     for success in response.get("Successful", []):
                         await pending.pop(int(success["Id"])).ack()
@@ -99,7 +116,7 @@ async def drain(sqs_url: str, count: int, pollers: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["naive", "batched", "drain"])
+    parser.add_argument("mode", choices=["naive", "batched", "same-messages", "drain"])
     parser.add_argument("--queue")
     parser.add_argument("--sqs-url", required=True)
     parser.add_argument("--count", type=int, default=0)
@@ -107,8 +124,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.mode == "naive":
         asyncio.run(naive(args.queue, args.sqs_url))
-    elif args.mode == "batched":
-        asyncio.run(batched(args.queue, args.sqs_url))
+    elif args.mode in ("batched", "same-messages"):
+        asyncio.run(batched(args.queue, args.sqs_url, same_messages=args.mode == "same-messages"))
     else:
         asyncio.run(drain(args.sqs_url, args.count, args.pollers))
 

@@ -475,19 +475,21 @@ def table(figures: Figures, args: argparse.Namespace) -> str:
             value = figures.median(top) / figures.median(bottom)
             rows.append((name, f"{value:.2f}", target))
 
-    for variant in ("connector", "naive", "batched"):
-        row(f"{variant} msgs/s")
+    for variant in ("connector", "naive", "batched", "same-messages"):
+        row(f"{variant} msgs/s", "(c'): bridge (c) sending the connector's attributes" if "-" in variant else "")
     ratio("(a)/(b) connector / naive", "connector msgs/s", "naive msgs/s", "target ≥ 10")
     ratio("(a)/(c) connector / batched", "connector msgs/s", "batched msgs/s", "target ≥ 1.5")
+    ratio("(a)/(c') connector / same-messages", "connector msgs/s", "same-messages msgs/s", "same SQS messages")
     row("connector cpu µs/msg", "target ≤ 150 on a quick host")
     row("connector start-up CPU s", "imports and connections, in the figure above")
     if "connector cpu µs/msg" in figures.values and "connector start-up CPU s" in figures.values:
         steady = figures.median("connector cpu µs/msg") - figures.median("connector start-up CPU s") / args.events * 1e6
         rows.append(("connector cpu µs/msg excl. start-up", f"{steady:,.1f}", "derived from the two rows above"))
     row("batched cpu µs/msg")
+    row("same-messages cpu µs/msg")
     row("naive cpu µs/msg")
     ratio("CPU (a)/(c)", "connector cpu µs/msg", "batched cpu µs/msg", "target ≤ 0.6")
-    for variant in ("connector", "batched"):
+    for variant in ("connector", "batched", "same-messages"):
         for service in ("rabbitmq", "sqs emulator"):
             row(f"{variant}: {service} cpu µs/msg", "the service's CPU during the run, per event")
     row("connector entries per SendMessageBatch")
@@ -531,7 +533,9 @@ async def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes and one run: check the benchmark works")
     parser.add_argument("--markdown", type=Path, help="replace the table between bench markers in this file")
     parser.add_argument(
-        "--variants", default="connector,batched,naive,raw", help="outbound/reply variants to run (e.g. connector)"
+        "--variants",
+        default="connector,batched,same-messages,naive,raw",
+        help="outbound/reply variants to run (e.g. connector)",
     )
     args = parser.parse_args()
     if args.quick:
@@ -545,6 +549,7 @@ async def main() -> None:
             steps += [
                 ("outbound connector", lambda: outbound_once("connector", args.events, figures)),
                 ("outbound batched", lambda: outbound_once("batched", args.events, figures)),
+                ("outbound same-messages", lambda: outbound_once("same-messages", args.events, figures)),
                 ("outbound naive", lambda: outbound_once("naive", args.naive_events or args.events, figures)),
             ]
         if "reply" in only:

@@ -80,12 +80,21 @@ async def test_4_sqs_throttling_and_5xx(env: Env) -> None:
 async def test_5_connector_killed_mid_batch(env: Env) -> None:
     async def fault(run: Run) -> None:
         [connector] = run.connectors
-        run.notes["in_flight_at_kill"] = in_flight(await connector.metrics())
+        # Killed while it holds deliveries: at 400 events/s a quick connector is often empty-handed
+        # between two events, so the kill waits (bounded) for a scrape that shows some held.
+        deadline = time.monotonic() + 10
+        while (held := in_flight(await connector.metrics())) == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        run.notes["in_flight_at_kill"] = held
         await connector.kill()
         await connector.start()
         run.cleared()
 
-    figures, run = await outbound_scenario(env, "05-connector-sigkill", "Connector SIGKILLed, restarted", fault)
+    # Partial batches wait out a 100 ms linger: deliveries are held for most of the stream.
+    config = {"forward": {"linger_ms": 100, "linger_when_idle": True}}
+    figures, run = await outbound_scenario(
+        env, "05-connector-sigkill", "Connector SIGKILLed, restarted", fault, config=config
+    )
     assert run.notes["in_flight_at_kill"] > 0  # it really died with deliveries unsettled
     assert figures.lost == 0
     assert figures.dead_lettered == 0
@@ -127,7 +136,8 @@ async def test_11_two_replicas_one_killed(env: Env) -> None:
         fault,
         replicas=2,
         fault_at=0.5,
-        config={"log": {"summary_seconds": 1}},
+        # Partial batches wait out a 100 ms linger, so the victim holds deliveries when it is killed.
+        config={"log": {"summary_seconds": 1}, "forward": {"linger_ms": 100, "linger_when_idle": True}},
     )
     assert figures.lost == 0
     assert figures.dead_lettered == 0
