@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import datetime as dt
 import os
 import platform
@@ -64,6 +65,7 @@ from common import (
     wait_until,
 )
 
+import lamassu_aws_connector
 from lamassu_aws_connector.sqs_wire import SqsJsonWire
 
 HERE = Path(__file__).resolve().parent
@@ -592,5 +594,15 @@ async def main() -> None:
         args.markdown.write_text(f"{before}{start}\n{output}{end}{after}")
 
 
+def compile_bytecode() -> None:
+    """Compile the connector's and the bridges' modules first, as the image ships them (pip compiles
+    a wheel's modules at install). From a source checkout with PYTHONDONTWRITEBYTECODE set, every
+    process would otherwise compile its modules at start: ≈ 10,000 lines, ≈ 0.25 s of CPU for the
+    connector, next to nothing for a bridge."""
+    for directory in (Path(lamassu_aws_connector.__file__).parent, HERE):
+        compileall.compile_dir(directory, quiet=1)
+
+
 if __name__ == "__main__":
+    compile_bytecode()
     asyncio.run(main())
