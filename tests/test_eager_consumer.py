@@ -86,6 +86,24 @@ async def test_cancelling_the_task_cancels_the_handler_where_it_waits(waits_on: 
     assert inner.cancelled()
 
 
+async def test_cancelling_reaches_a_handler_that_only_yields() -> None:
+    turns: list[int] = []
+
+    async def handler() -> None:
+        for turn in range(10_000):
+            turns.append(turn)
+            await asyncio.sleep(0)  # a bare yield each time, no future to cancel
+
+    coroutine = handler()
+    task = asyncio.ensure_future(_resume(coroutine, started(coroutine)))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert 1 < len(turns) < 100  # stopped where it yielded, not run to its end
+
+
 async def test_a_handler_may_survive_a_cancellation_and_go_on() -> None:
     first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     second: asyncio.Future[str] = asyncio.get_running_loop().create_future()
