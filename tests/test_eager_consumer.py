@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Coroutine
 from typing import Any
 
 import aio_pika
@@ -22,9 +23,9 @@ from .conftest import World, wait_for
 pytestmark = pytest.mark.asyncio
 
 
-def started(handler: Any) -> Any:
-    """What the channel does: run the handler until it first waits; what it waits for."""
-    return handler.send(None)
+def resumed(handler: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+    """What the channel does: run the handler until it first waits, then hand the rest to _resume."""
+    return asyncio.ensure_future(_resume(handler, handler.send(None)))
 
 
 async def test_a_handler_that_waits_is_resumed_with_the_result() -> None:
@@ -37,8 +38,7 @@ async def test_a_handler_that_waits_is_resumed_with_the_result() -> None:
         await asyncio.sleep(0)  # a bare yield, then a second wait
         seen.append(await asyncio.sleep(0.01, result="slept"))
 
-    coroutine = handler()
-    task = asyncio.ensure_future(_resume(coroutine, started(coroutine)))
+    task = resumed(handler())
     assert seen == ["before"]
     future.set_result("result")
     await asyncio.wait_for(task, 5)
@@ -55,8 +55,7 @@ async def test_a_handler_sees_the_exception_of_what_it_waited_for() -> None:
         except ValueError as exc:
             caught.append(exc)
 
-    coroutine = handler()
-    task = asyncio.ensure_future(_resume(coroutine, started(coroutine)))
+    task = resumed(handler())
     future.set_exception(ValueError("refused"))
     await asyncio.wait_for(task, 5)
     assert [str(exc) for exc in caught] == ["refused"]
@@ -75,8 +74,7 @@ async def test_cancelling_the_task_cancels_the_handler_where_it_waits(waits_on: 
             cleaned.append("cancelled at its await")
             raise
 
-    coroutine = handler()
-    task = asyncio.ensure_future(_resume(coroutine, started(coroutine)))
+    task = resumed(handler())
     await asyncio.sleep(0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -94,8 +92,7 @@ async def test_cancelling_reaches_a_handler_that_only_yields() -> None:
             turns.append(turn)
             await asyncio.sleep(0)  # a bare yield each time, no future to cancel
 
-    coroutine = handler()
-    task = asyncio.ensure_future(_resume(coroutine, started(coroutine)))
+    task = resumed(handler())
     for _ in range(3):
         await asyncio.sleep(0)
     task.cancel()
@@ -116,8 +113,7 @@ async def test_a_handler_may_survive_a_cancellation_and_go_on() -> None:
             seen.append("cancelled")
         seen.append(await second)
 
-    coroutine = handler()
-    task = asyncio.ensure_future(_resume(coroutine, started(coroutine)))
+    task = resumed(handler())
     await asyncio.sleep(0)
     task.cancel()
     await asyncio.sleep(0.01)
