@@ -13,6 +13,7 @@ channels, the topology and the consumer's restore after a reconnect (:class:`_De
 aiormq itself starts a task per delivery to run the consumer; the events consumer's handler is
 started at once instead, in delivery order, and becomes a task only if it has to wait
 (:class:`_EagerChannel`): most events are parsed, checked and batched without waiting on anything.
+Frames are read off the socket by :mod:`.amqp_wire`'s leaner reader.
 """
 
 from __future__ import annotations
@@ -43,12 +44,15 @@ from aio_pika.robust_queue import RobustQueue
 from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import ChannelInvalidStateError
 
+from . import amqp_wire
 from .config import APP_ID, AmqpConfig, mask_url
 from .logs import get_logger
 from .metrics import Metrics
 from .outcomes import STARTUP, dead_letter_headers, exception_chain, failed_and
 
 log = get_logger(__name__)
+
+amqp_wire.install()
 
 
 class Consumed(Protocol):
