@@ -132,7 +132,7 @@ async def sqs_wire() -> AsyncIterator[SqsJsonWire]:
     """The connector's cheap signed-JSON SQS caller, for the latency instrument and its baseline:
     on a slow host the full client's CPU per call would saturate the benchmark process itself."""
     wire = SqsJsonWire(
-        get_session(),
+        get_session,
         region="us-east-1",
         endpoint_url=SQS_ENDPOINT,
         connect_timeout=5,

@@ -71,14 +71,14 @@ def _deliver(payload: bytes) -> _Deliver:
 
 
 def _confirm(payload: bytes, method: type[_Ack] | type[_Nack]) -> _Ack | _Nack:
+    if len(payload) - 1 < 13:
+        raise _Overrun
     frame = method.__new__(method)
     (frame.delivery_tag,) = _LONGLONG.unpack_from(payload, 4)
     flags = payload[12]
     frame.multiple = bool(flags & 1)
-    if method is _Nack:
+    if isinstance(frame, _Nack):
         frame.requeue = bool(flags & 2)
-    if len(payload) - 1 < 13:
-        raise _Overrun
     return frame
 
 

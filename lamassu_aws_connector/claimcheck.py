@@ -26,8 +26,6 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import orjson
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
 from .config import ClaimCheckConfig, SqsConfig
@@ -130,6 +128,10 @@ class ClaimCheck:
         return queue_limit if configured is None else min(configured, queue_limit)
 
     async def __aenter__(self) -> ClaimCheck:
+        # Imported here: with claim-check off (the default) a start never loads the botocore client.
+        from aiobotocore.config import AioConfig  # noqa: PLC0415
+        from aiobotocore.session import get_session  # noqa: PLC0415
+
         endpoint = self.config.endpoint_url or self._sqs.endpoint_url
         client_config = AioConfig(
             retries={"mode": "standard", "max_attempts": 3},

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import ClientError
 
 from .config import SqsConfig
@@ -26,6 +24,9 @@ from .metrics import Metrics
 from .outcomes import aws_error_code as error_code
 from .outcomes import is_unavailable
 from .sqs_wire import WIRE_OPERATIONS, SqsJsonWire
+
+if TYPE_CHECKING:
+    from aiobotocore.session import AioSession
 
 _LEGACY_MAX_MESSAGE_BYTES = 262_144
 _NOT_FOUND_CODES = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
@@ -59,7 +60,7 @@ class SqsGateway:
         self._config = config
         self._metrics = metrics
         self._stack = AsyncExitStack()
-        self._session: AioSession = get_session()
+        self._session: AioSession | None = None  # built when first needed: see sqs_wire.environment_credentials
         self._client: Any = None  # the full aiobotocore client, built when first needed
         self._wire: SqsJsonWire | None = None
         self.available = False  # the last call reached SQS (readiness)
@@ -70,7 +71,7 @@ class SqsGateway:
             endpoint = (await self._full_client()).meta.endpoint_url
         if self._config.fast_path:
             wire = SqsJsonWire(
-                self._session,
+                self.session,
                 region=self._config.region,
                 endpoint_url=endpoint,
                 connect_timeout=self._config.connect_timeout_seconds,
@@ -83,8 +84,17 @@ class SqsGateway:
             self._wire = wire
         return self
 
+    def session(self) -> AioSession:
+        if self._session is None:
+            from aiobotocore.session import get_session  # noqa: PLC0415 - see environment_credentials
+
+            self._session = get_session()
+        return self._session
+
     async def _full_client(self) -> Any:
         if self._client is None:
+            from aiobotocore.config import AioConfig  # noqa: PLC0415 - the fast path never needs it
+
             client_config = AioConfig(
                 retries={"mode": "standard", "max_attempts": _QUICK_RETRIES},
                 connect_timeout=self._config.connect_timeout_seconds,
@@ -95,7 +105,7 @@ class SqsGateway:
                 parameter_validation=False,
             )
             self._client = await self._stack.enter_async_context(
-                self._session.create_client(
+                self.session().create_client(
                     "sqs",
                     region_name=self._config.region,
                     endpoint_url=self._config.endpoint_url,

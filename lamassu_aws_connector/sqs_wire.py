@@ -21,13 +21,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import os
 import ssl
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 import orjson
-from aiobotocore.session import AioSession
 from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
@@ -38,11 +40,12 @@ from botocore.exceptions import (
     ReadTimeoutError,
     SSLError,
 )
-from botocore.httpsession import get_cert_path
-from botocore.utils import get_environ_proxies
 
 from . import __version__
 from .outcomes import SQS_QUICK, failed_and, is_unavailable
+
+if TYPE_CHECKING:
+    from aiobotocore.session import AioSession
 
 WIRE_OPERATIONS = frozenset(
     {
@@ -123,10 +126,56 @@ class SigV4Signer:
         return key
 
 
+@dataclass(frozen=True, slots=True)
+class FrozenCredentials:
+    access_key: str
+    secret_key: str
+    token: str | None
+
+
+class EnvironmentCredentials:
+    """Keys read from the environment once, with the interface of botocore's credentials."""
+
+    def __init__(self, frozen: FrozenCredentials) -> None:
+        self._frozen = frozen
+
+    async def get_frozen_credentials(self) -> FrozenCredentials:
+        return self._frozen
+
+
+def environment_credentials(environ: Mapping[str, str] = os.environ) -> EnvironmentCredentials | None:
+    """The credentials botocore's chain returns when the environment holds a plain key pair, found
+    without it: the chain's first provider reads ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and
+    a token (``AWS_SECURITY_TOKEN`` before ``AWS_SESSION_TOKEN``) exactly so. Importing and building
+    botocore's session and chain costs ≈ 0.1 s of CPU at every start (its client module tree,
+    ``dateutil``, ``urllib3``). None whenever the chain could decide otherwise or differently (keys
+    that expire and refresh, half a pair, a profile named in the environment, no keys): the chain
+    resolves those as before. tests/test_sqs_wire.py compares both on each case."""
+    access_key = environ.get("AWS_ACCESS_KEY_ID", "")
+    secret_key = environ.get("AWS_SECRET_ACCESS_KEY", "")
+    if not (access_key and secret_key) or any(
+        environ.get(name) for name in ("AWS_CREDENTIAL_EXPIRATION", "AWS_PROFILE", "AWS_DEFAULT_PROFILE")
+    ):
+        return None
+    token = environ.get("AWS_SECURITY_TOKEN", "") or environ.get("AWS_SESSION_TOKEN", "") or None
+    return EnvironmentCredentials(FrozenCredentials(access_key, secret_key, token))
+
+
+def environ_proxy(url: str) -> str | None:
+    """The proxy botocore would use for ``url`` (``HTTPS_PROXY``, ``NO_PROXY``, …); botocore's
+    reading of them is imported only when some ``*_proxy`` variable is set at all."""
+    if not any(name.lower().endswith("_proxy") for name in os.environ):
+        return None
+    from botocore.utils import get_environ_proxies  # noqa: PLC0415 - see above
+
+    proxy: str | None = get_environ_proxies(url).get(url.split(":", 1)[0])
+    return proxy
+
+
 class SqsJsonWire:
     def __init__(
         self,
-        session: AioSession,
+        session: Callable[[], AioSession],
         *,
         region: str,
         endpoint_url: str,
@@ -153,18 +202,20 @@ class SqsJsonWire:
         # Loading it costs ~20-60 ms of CPU: only for https (a plain-http endpoint is a local emulator).
         context: ssl.SSLContext | bool = True
         if self._url.startswith("https:"):
-            ca_bundle = self._session.get_config_variable("ca_bundle") or get_cert_path(True)
+            from botocore.httpsession import get_cert_path  # noqa: PLC0415 - imports urllib3: https only
+
+            ca_bundle = self._session().get_config_variable("ca_bundle") or get_cert_path(True)
             context = ssl.create_default_context(cafile=ca_bundle)
         # HTTPS_PROXY / NO_PROXY as botocore reads them, once: aiohttp's trust_env would look them
         # (and ~/.netrc) up again in a worker thread for every request.
-        proxy = get_environ_proxies(self._url).get(self._url.split(":", 1)[0])
+        proxy = environ_proxy(self._url)
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._max_connections, ssl=context),
             timeout=self._timeout,
             cookie_jar=aiohttp.DummyCookieJar(),
             proxy=proxy,
         )
-        self._credentials = await self._session.get_credentials()
+        self._credentials = environment_credentials() or await self._session().get_credentials()
 
     async def close(self) -> None:
         if self._http is not None:

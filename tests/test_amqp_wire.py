@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 from typing import Any
 from unittest import mock
 
@@ -98,8 +99,8 @@ def verdict(decode: Any, data: bytes) -> Any:
             weight, channel, frame = decode(data)
         else:
             weight, channel, frame = decode(data[:7], data[7 : 7 + size + 1])
-    except Exception as error:  # noqa: BLE001 - the verdict is the error itself
-        return ("error", type(error), str(error))
+    except Exception as error:  # the verdict is the error itself
+        return ("error", type(error), re.sub(r" at 0x[0-9a-f]+", "", str(error)))  # pamqp names the object
     return weight, channel, fields(frame)
 
 

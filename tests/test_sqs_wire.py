@@ -6,9 +6,13 @@ back, and how each failure is classified by the pipelines' helpers.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import os
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -322,3 +326,72 @@ async def test_signer_signs_as_botocore_does(url: str, token: str | None) -> Non
     # A second call reuses the day's signing key and still signs the new body.
     again = signer.headers(body + b" ", headers, credentials.get_frozen_credentials(), now=moment)
     assert again["Authorization"] != ours["Authorization"]
+
+
+KEYS = {"AWS_ACCESS_KEY_ID": "AKIDENV", "AWS_SECRET_ACCESS_KEY": "secret/env+key"}
+
+
+@pytest.mark.parametrize(
+    ("environment", "read_directly"),
+    [
+        (KEYS, True),
+        ({**KEYS, "AWS_SESSION_TOKEN": "session-token"}, True),
+        ({**KEYS, "AWS_SECURITY_TOKEN": "security-token", "AWS_SESSION_TOKEN": "session-token"}, True),
+        ({**KEYS, "AWS_SECURITY_TOKEN": "", "AWS_SESSION_TOKEN": "session-token"}, True),
+        ({**KEYS, "AWS_SESSION_TOKEN": ""}, True),
+        ({**KEYS, "AWS_CREDENTIAL_EXPIRATION": "2099-01-01T00:00:00Z"}, False),  # refreshable: botocore's
+        ({**KEYS, "AWS_PROFILE": "other"}, False),
+        ({"AWS_ACCESS_KEY_ID": "AKIDENV", "AWS_SECRET_ACCESS_KEY": ""}, False),  # half a pair: botocore's error
+        ({"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "secret"}, False),
+    ],
+    ids=["keys", "session-token", "security-token-first", "empty-security-token", "empty-token", "expiring",
+         "profile", "no-secret", "no-key"],
+)  # fmt: skip
+async def test_environment_credentials_are_those_botocores_chain_finds(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, environment: dict[str, str], read_directly: bool
+) -> None:
+    """The fast path reads a plain key pair from the environment itself (no botocore session at
+    start); wherever it does, botocore's chain would have returned exactly those credentials."""
+    from aiobotocore.session import AioSession  # noqa: PLC0415
+
+    from lamassu_aws_connector.sqs_wire import environment_credentials  # noqa: PLC0415
+
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    (tmp_path / "config").write_text("[profile other]\nregion = eu-west-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    ours = environment_credentials()
+    assert (ours is not None) is read_directly
+    if ours is None:
+        return
+    chain = await AioSession().get_credentials()
+    assert chain is not None
+    theirs = await chain.get_frozen_credentials()
+    mine = await ours.get_frozen_credentials()
+    assert (mine.access_key, mine.secret_key, mine.token) == (theirs.access_key, theirs.secret_key, theirs.token)
+
+
+async def test_fast_path_starts_without_botocores_session(world: World) -> None:
+    """With keys in the environment (as here) and an endpoint set, nothing builds botocore's session:
+    the ≈ 0.1 s of CPU it costs at every start is not paid."""
+    async with gateway(fast_path=True) as sqs:
+        assert sqs._session is None
+        info = await sqs.resolve(world.command_queue, create=True)
+        world.sqs_queues.append(world.command_queue)
+        await sqs.send_batch(info, [{"Id": "0", **entry(0)}])
+        assert sqs._session is None
+    assert await world.sqs_count(world.command_queue) == 1
+
+
+async def test_the_daemon_imports_no_botocore_client() -> None:
+    code = "import sys, lamassu_aws_connector.cli, lamassu_aws_connector.service; print(sorted(sys.modules))"
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    loaded = done.stdout
+    for module in ("'aiobotocore.session'", "'botocore.client'", "'dateutil'", "'urllib3'"):
+        assert module not in loaded
+    assert "'lamassu_aws_connector.amqp'" in loaded
