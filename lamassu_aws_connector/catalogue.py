@@ -236,6 +236,16 @@ class _Data(BaseModel):
     model_config = ConfigDict(extra="allow", defer_build=True)
 
 
+_Root = TypeVar("_Root")
+
+
+class _RootData(RootModel[_Root], Generic[_Root]):
+    """A whole ``data`` that is not one object of fields (a union of shapes, a list, null): built on
+    first use too (``RootModel[...]`` itself would build its validator at import)."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
 # A model that accepts several shapes picks one by a look at the data (cheap) and reports the errors
 # of that shape only. Its tags start with "shape " and never appear in an error's field path.
 _SHAPE_TAG_PREFIX = "shape "
@@ -413,7 +423,7 @@ class ThingConfigReply(_Data):
     config: ThingConfig | None = None
 
 
-class IotThingConfigResponse(RootModel[ThingConfigReply | list[ThingConfig]]):
+class IotThingConfigResponse(_RootData[ThingConfigReply | list[ThingConfig]]):
     """``io.lamassu.iotcore.thing.config.response``: one thing's AWS IoT configuration (older Lambdas: a list).
 
     Source: lamassuiot/lamassu-aws-connector aws-cdk/resources/lambda-get-iotcore-thing-configuration/index.ts;
@@ -651,7 +661,7 @@ CaShapes = Annotated[
 ]
 
 
-class CaCertificate(RootModel[CaShapes]):
+class CaCertificate(_RootData[CaShapes]):
     """models.CACertificate in either shape: flat up to v3.1.x (``certificate`` a base64 PEM string,
     ``status`` at top level), nested from v3.2.0 (``certificate`` an object). The shape is chosen by
     the type of ``certificate``.
@@ -684,7 +694,7 @@ class CaDelete(_Data):
     CascadeDelete: StrictFlag | None = None
 
 
-class SignaturePayload(RootModel[None]):
+class SignaturePayload(_RootData[None]):
     """``ca.sign.signature``: no ``data``. The signature is raw bytes, so the Go SDK writes it base64-encoded
     in ``data_base64`` (datacontenttype application/json).
 
@@ -776,7 +786,7 @@ KmsKeyShapes = Annotated[
 ]
 
 
-class KmsKey(RootModel[KmsKeyShapes]):
+class KmsKey(_RootData[KmsKeyShapes]):
     """models.Key: ``key_id`` since v3.7.0, ``id`` in v3.6.x.
 
     Source: lamassuiot/lamassuiot core/pkg/models/kms.go at v3.6.0 and v3.7.0.
@@ -797,7 +807,7 @@ KmsDeleteShapes = Annotated[
 ]
 
 
-class KmsDelete(RootModel[KmsDeleteShapes]):
+class KmsDelete(_RootData[KmsDeleteShapes]):
     """``kms.delete``: the input struct, Go field names: ``{"Identifier"}`` (services.GetKeyInput, v3.7.0+)
     or ``{"ID"}`` (services.GetByIDInput, v3.6.x).
 
@@ -907,7 +917,7 @@ VaRoleShapes = Annotated[
 ]
 
 
-class VaRole(RootModel[VaRoleShapes]):
+class VaRole(_RootData[VaRoleShapes]):
     """models.VARole: the CRL policy of a CA (by subject key id) and its latest CRL.
 
     Source: lamassuiot/lamassuiot core/pkg/models/va.go (v3.3.0: no JSON tags; v3.5.0+: snake_case),
