@@ -1,4 +1,4 @@
-"""Reading AMQP frames off the socket with less work per delivery than aiormq's own reader.
+"""Reading and writing AMQP frames with less work per message than aiormq and pamqp do.
 
 aiormq reads every frame in three awaits under an ``asyncio.Lock`` into a ``BytesIO``, then pamqp
 decodes it generically (a type lookup per field, a validated object built and then overwritten).
@@ -12,8 +12,14 @@ directly into the same pamqp objects; every other frame, and every frame a fast 
 finish cleanly inside its bounds, goes to pamqp, so what pamqp would reject is rejected the same
 way. tests/test_amqp_wire.py checks the equivalence on generated and corrupted frames.
 
-It takes aiormq's place through the one name aiormq looks up when it opens a connection
-(:func:`install`); an aiormq that no longer reads frames that way simply keeps its own reader.
+Writing: every publish is three frames marshalled by pamqp's generic encoder (a type lookup per
+field and property, every header through its table encoder): ≈ 11 % of the reply relay's CPU in
+the profile. :func:`encode_frames` writes ``basic.publish``, ``basic.ack``, content headers and
+bodies directly, byte for byte as pamqp does (tests/test_amqp_wire.py compares them on generated
+frames); any other frame, and any header value that is not a string, is left to pamqp.
+
+Both take aiormq's place through the names aiormq looks up when it opens a connection and when it
+marshals frames (:func:`install`); an aiormq that no longer works that way keeps its own.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import asyncio
 import struct
 from typing import Any
 
+import aiormq.abc
 import aiormq.connection
+import pamqp.encode
 import pamqp.frame
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
 from pamqp import body, commands, decode, header
@@ -198,13 +206,150 @@ class LeanFrameReceiver(aiormq.connection.FrameReceiver):
             raise InvalidFrameError(str(e)) from e
 
 
+_Publish = commands.Basic.Publish
+_PUBLISH_METHOD = (60 << 16 | 40).to_bytes(4, "big")
+_ACK_METHOD = _ACK.to_bytes(4, "big")
+_FRAME_END_BYTE = b"\xce"
+_EMPTY_TABLE = b"\x00\x00\x00\x00"
+_SHORTSTR_PROPERTIES = {
+    "content_type": 0x8000,
+    "content_encoding": 0x4000,
+    "correlation_id": 0x0400,
+    "reply_to": 0x0200,
+    "expiration": 0x0100,
+    "message_id": 0x0080,
+    "message_type": 0x0020,
+    "user_id": 0x0010,
+    "app_id": 0x0008,
+    "cluster_id": 0x0004,
+}
+
+
+class _Unusual(Exception):
+    """Something pamqp encodes (or refuses) its own way: the whole call goes to pamqp."""
+
+
+def _frame(frame_type: int, channel: int, payload: bytes) -> bytes:
+    return b"".join((_FRAME_HEAD.pack(frame_type, channel, len(payload)), payload, _FRAME_END_BYTE))
+
+
+def _short(value: str) -> bytes:
+    encoded = value.encode("utf-8")
+    if len(encoded) > 255:
+        raise _Unusual
+    return bytes((len(encoded),)) + encoded
+
+
+def _table(value: dict[str, Any]) -> bytes:
+    if not value:
+        return _EMPTY_TABLE
+    parts: list[bytes] = []
+    for key, item in sorted(value.items()):
+        if type(item) is not str:
+            return bytes(pamqp.encode.field_table(value))  # numbers, booleans, tables: pamqp's choices
+        name = key.encode("utf-8")
+        if len(name) > 128:  # pamqp truncates (and warns)
+            raise _Unusual
+        text = item.encode("utf-8")
+        parts += (bytes((len(name),)), name, b"S", len(text).to_bytes(4, "big"), text)
+    encoded = b"".join(parts)
+    return len(encoded).to_bytes(4, "big") + encoded
+
+
+def _properties(properties: _Properties) -> bytes:
+    """Basic.Properties as pamqp marshals them: a property that is None or "" is left out."""
+    flags = 0
+    parts: list[bytes] = []
+    value: Any = properties.content_type
+    if value is not None and value != "":
+        flags |= 0x8000
+        parts.append(_short(value))
+    value = properties.content_encoding
+    if value is not None and value != "":
+        flags |= 0x4000
+        parts.append(_short(value))
+    value = properties.headers
+    if value is not None and value != "":
+        if not isinstance(value, dict):
+            raise _Unusual
+        flags |= 0x2000
+        parts.append(_table(value))
+    for name, flag in (("delivery_mode", 0x1000), ("priority", 0x0800)):
+        value = getattr(properties, name)
+        if value is not None and value != "":
+            if type(value) is not int or not 0 <= value <= 255:
+                raise _Unusual
+            flags |= flag
+            parts.append(bytes((value,)))
+    for name in ("correlation_id", "reply_to", "expiration", "message_id"):
+        value = getattr(properties, name)
+        if value is not None and value != "":
+            flags |= _SHORTSTR_PROPERTIES[name]
+            parts.append(_short(value))
+    value = properties.timestamp
+    if value is not None and value != "":
+        flags |= 0x0040
+        parts.append(pamqp.encode.timestamp(value))
+    for name in ("message_type", "user_id", "app_id", "cluster_id"):
+        value = getattr(properties, name)
+        if value is not None and value != "":
+            flags |= _SHORTSTR_PROPERTIES[name]
+            parts.append(_short(value))
+    return flags.to_bytes(2, "big") + b"".join(parts)
+
+
+def _encode(frame: Any, channel: int) -> bytes:
+    kind = type(frame)
+    if kind is _ContentBody:
+        return _frame(_FRAME_BODY, channel, frame.value)
+    if kind is _ContentHeader:
+        head = _CONTENT_HEAD.pack(commands.Basic.frame_id, 0, frame.body_size, 0)[:-2]
+        return _frame(_FRAME_HEADER, channel, head + _properties(frame.properties))
+    if kind is _Publish:
+        frame.validate()  # as pamqp's marshal does: the same error for a bad exchange name
+        bits = bytes((0 | frame.mandatory << 0 | frame.immediate << 1,))  # pamqp's bit packing
+        payload = _PUBLISH_METHOD + b"\x00\x00" + _short(frame.exchange) + _short(frame.routing_key) + bits
+        return _frame(_FRAME_METHOD, channel, payload)
+    if kind is _Ack:
+        bits = bytes((0 | frame.multiple << 0,))
+        return _frame(_FRAME_METHOD, channel, _ACK_METHOD + _LONGLONG.pack(frame.delivery_tag) + bits)
+    raise _Unusual
+
+
+def encode_frames(frames: list[Any], channel: int) -> bytes | None:
+    """The frames marshalled as ``pamqp.frame.marshal`` marshals each, concatenated; None if one of
+    them is not a publish, ack, content header or body, or is anything pamqp treats specially."""
+    try:
+        return b"".join([_encode(frame, channel) for frame in frames])
+    except (_Unusual, AttributeError, TypeError, ValueError, OverflowError, struct.error):
+        return None
+
+
+_pamqp_marshall = aiormq.abc.ChannelFrame.marshall.__func__  # type: ignore[attr-defined]
+
+
+def _lean_marshall(
+    cls: type[aiormq.abc.ChannelFrame],
+    channel_number: int,
+    frames: Any,
+    drain_future: asyncio.Future[Any] | None = None,
+) -> aiormq.abc.ChannelFrame:
+    frames = list(frames)
+    payload = encode_frames(frames, channel_number)
+    if payload is None:
+        return _pamqp_marshall(cls, channel_number, frames, drain_future)  # type: ignore[no-any-return]
+    return cls(payload=payload, drain_future=drain_future, should_close=False)
+
+
 def install() -> bool:
-    """Have aiormq open its connections with :class:`LeanFrameReceiver`; False if this aiormq does
-    not read frames through ``connection.FrameReceiver(reader).get_frame()``."""
+    """Have aiormq read frames with :class:`LeanFrameReceiver` and marshal them with
+    :func:`encode_frames`; False if this aiormq does not read frames through
+    ``connection.FrameReceiver(reader).get_frame()`` and marshal through ``ChannelFrame.marshall``."""
     receiver = getattr(aiormq.connection, "FrameReceiver", None)
     if receiver is LeanFrameReceiver:
         return True
     if receiver is not LeanFrameReceiver.__mro__[1] or not callable(getattr(receiver, "get_frame", None)):
         return False
     aiormq.connection.FrameReceiver = LeanFrameReceiver  # type: ignore[misc]
+    aiormq.abc.ChannelFrame.marshall = classmethod(_lean_marshall)  # type: ignore[method-assign, assignment]
     return True

@@ -13,6 +13,7 @@ import re
 from typing import Any
 from unittest import mock
 
+import aiormq.abc
 import aiormq.connection
 import pamqp.frame
 import pytest
@@ -22,7 +23,8 @@ from hypothesis import strategies as st
 from pamqp import body, commands, header, heartbeat
 
 from lamassu_aws_connector import amqp  # noqa: F401 - importing it installs the reader
-from lamassu_aws_connector.amqp_wire import LeanFrameReceiver, decode_frame, install
+from lamassu_aws_connector.amqp_wire import LeanFrameReceiver, decode_frame, encode_frames, install
+from lamassu_aws_connector.amqp_wire import _pamqp_marshall as pamqp_marshall
 
 short_text = st.text(max_size=40)
 names = st.from_regex(r"[a-zA-Z0-9_.:-]{0,40}", fullmatch=True)
@@ -197,3 +199,50 @@ async def test_the_receiver_fails_as_aiormq_does(stream: bytes, error: type[Exce
 def test_importing_the_adapter_installs_the_reader() -> None:
     assert aiormq.connection.FrameReceiver is LeanFrameReceiver
     assert install()
+
+
+string_headers = st.dictionaries(st.text(min_size=1, max_size=20), st.text(max_size=40), max_size=8)
+outgoing = st.one_of(
+    st.builds(commands.Basic.Publish, exchange=names, routing_key=short_text, mandatory=st.booleans(),
+              immediate=st.booleans()),
+    st.builds(commands.Basic.Ack, u64, st.booleans()),
+    st.builds(header.ContentHeader, st.just(0), u64, properties),
+    st.builds(header.ContentHeader, st.just(0), u64,
+              st.builds(commands.Basic.Properties, headers=string_headers, delivery_mode=st.just(2),
+                        message_id=short_text, app_id=short_text, content_type=st.none() | short_text)),
+    st.builds(body.ContentBody, st.binary(min_size=1, max_size=300)),
+)  # fmt: skip
+
+
+@given(st.lists(outgoing, min_size=1, max_size=5), channels)
+def test_outgoing_frames_are_written_byte_for_byte_as_pamqp_writes_them(sent: list[Any], channel: int) -> None:
+    expected = b"".join(pamqp.frame.marshal(frame, channel) for frame in sent)
+    with mock.patch.object(pamqp.frame, "marshal", side_effect=AssertionError("pamqp called")):
+        assert encode_frames(sent, channel) == expected
+        assert aiormq.abc.ChannelFrame.marshall(channel, sent).payload == expected
+
+
+@given(st.lists(st.one_of(outgoing, frames), min_size=1, max_size=5), channels)
+def test_any_other_frame_goes_to_pamqp(sent: list[Any], channel: int) -> None:
+    """A frame the writer does not know (or a list with one) is aiormq's and pamqp's, CloseOk's
+    connection close included."""
+    sent = [*sent, commands.Connection.CloseOk()] if len(sent) % 2 else sent
+    ours = aiormq.abc.ChannelFrame.marshall(channel, iter(sent))
+    theirs = pamqp_marshall(aiormq.abc.ChannelFrame, channel, sent)
+    assert (ours.payload, ours.should_close) == (theirs.payload, theirs.should_close)
+
+
+def test_what_pamqp_refuses_is_refused_alike() -> None:
+    bad_exchange = commands.Basic.Publish(exchange="ok", routing_key="rk")
+    bad_exchange.exchange = "not ok!"  # changed after construction: only marshal's validation sees it
+    too_long = commands.Basic.Publish(exchange="ok", routing_key="é" * 200)
+    for frame in (bad_exchange, too_long, header.ContentHeader(0, -1, commands.Basic.Properties())):
+        with pytest.raises(Exception) as pamqps:  # whatever pamqp raises, ours must be the same
+            pamqp.frame.marshal(frame, 1)
+        with pytest.raises(type(pamqps.value), match=re.escape(str(pamqps.value))):
+            aiormq.abc.ChannelFrame.marshall(1, [frame])
+
+
+def test_a_header_name_pamqp_truncates_is_written_as_pamqp_writes_it() -> None:
+    frame = header.ContentHeader(0, 3, commands.Basic.Properties(headers={"k" * 130: "v", "a": "b"}))
+    assert aiormq.abc.ChannelFrame.marshall(1, [frame]).payload == pamqp.frame.marshal(frame, 1)
