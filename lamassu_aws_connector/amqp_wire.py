@@ -277,7 +277,7 @@ def _properties(properties: _Properties) -> bytes:
     for name, flag in (("delivery_mode", 0x1000), ("priority", 0x0800)):
         value = getattr(properties, name)
         if value is not None and value != "":
-            if type(value) is not int or not 0 <= value <= 255:
+            if not isinstance(value, int) or not 0 <= value <= 255:  # an IntEnum (DeliveryMode) is fine
                 raise _Unusual
             flags |= flag
             parts.append(bytes((value,)))

@@ -17,6 +17,7 @@ import aiormq.abc
 import aiormq.connection
 import pamqp.frame
 import pytest
+from aio_pika.abc import DeliveryMode
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -209,7 +210,8 @@ outgoing = st.one_of(
     st.builds(header.ContentHeader, st.just(0), u64, properties),
     st.builds(header.ContentHeader, st.just(0), u64,
               st.builds(commands.Basic.Properties, headers=string_headers, delivery_mode=st.just(2),
-                        message_id=short_text, app_id=short_text, content_type=st.none() | short_text)),
+                        message_id=short_text, app_id=short_text, content_type=st.none() | short_text,
+                        priority=st.none() | st.sampled_from([*DeliveryMode, True]))),
     st.builds(body.ContentBody, st.binary(min_size=1, max_size=300)),
 )  # fmt: skip
 
