@@ -57,6 +57,26 @@ _NACK = 60 << 16 | 120
 Frame = tuple[int, int, Any]
 
 
+# Basic.Properties on the wire: in this order, each one present when its flag bit is set.
+_SHORTSTR, _CLUSTER_ID, _TABLE, _OCTET, _TIMESTAMP = "shortstr", "cluster_id", "table", "octet", "timestamp"
+_PROPERTY_LAYOUT = (
+    ("content_type", 0x8000, _SHORTSTR),
+    ("content_encoding", 0x4000, _SHORTSTR),
+    ("headers", 0x2000, _TABLE),
+    ("delivery_mode", 0x1000, _OCTET),
+    ("priority", 0x0800, _OCTET),
+    ("correlation_id", 0x0400, _SHORTSTR),
+    ("reply_to", 0x0200, _SHORTSTR),
+    ("expiration", 0x0100, _SHORTSTR),
+    ("message_id", 0x0080, _SHORTSTR),
+    ("timestamp", 0x0040, _TIMESTAMP),
+    ("message_type", 0x0020, _SHORTSTR),
+    ("user_id", 0x0010, _SHORTSTR),
+    ("app_id", 0x0008, _SHORTSTR),
+    ("cluster_id", 0x0004, _CLUSTER_ID),  # a shortstr that pamqp defaults to "" rather than None
+)
+
+
 class _Overrun(Exception):
     """A field ran past the frame's payload: pamqp decides what that frame is (or that it is bad)."""
 
@@ -96,45 +116,24 @@ def _content_header(payload: bytes) -> _ContentHeader | None:
         return None
     properties = _Properties.__new__(_Properties)
     at = 14
-    properties.content_type = properties.content_encoding = properties.headers = None
-    properties.delivery_mode = properties.priority = properties.correlation_id = None
-    properties.reply_to = properties.expiration = properties.message_id = None
-    properties.timestamp = properties.message_type = properties.user_id = properties.app_id = None
-    properties.cluster_id = ""
-    if flags & 0x8000:
-        properties.content_type, at = _shortstr(payload, at)
-    if flags & 0x4000:
-        properties.content_encoding, at = _shortstr(payload, at)
-    if flags & 0x2000:
-        used, properties.headers = decode.field_table(payload[at:-1])
-        at += used
-    if flags & 0x1000:
-        properties.delivery_mode = payload[at]
-        at += 1
-    if flags & 0x0800:
-        properties.priority = payload[at]
-        at += 1
-    if flags & 0x0400:
-        properties.correlation_id, at = _shortstr(payload, at)
-    if flags & 0x0200:
-        properties.reply_to, at = _shortstr(payload, at)
-    if flags & 0x0100:
-        properties.expiration, at = _shortstr(payload, at)
-    if flags & 0x0080:
-        properties.message_id, at = _shortstr(payload, at)
-    if flags & 0x0040:
-        if at + 8 > len(payload) - 1:
-            raise _Overrun
-        _, properties.timestamp = decode.timestamp(payload[at : at + 8])
-        at += 8
-    if flags & 0x0020:
-        properties.message_type, at = _shortstr(payload, at)
-    if flags & 0x0010:
-        properties.user_id, at = _shortstr(payload, at)
-    if flags & 0x0008:
-        properties.app_id, at = _shortstr(payload, at)
-    if flags & 0x0004:
-        properties.cluster_id, at = _shortstr(payload, at)
+    for name, flag, kind in _PROPERTY_LAYOUT:
+        value: Any = "" if kind is _CLUSTER_ID else None  # as pamqp's Properties() starts
+        if not flags & flag:
+            pass
+        elif kind is _SHORTSTR or kind is _CLUSTER_ID:
+            value, at = _shortstr(payload, at)
+        elif kind is _OCTET:
+            value = payload[at]
+            at += 1
+        elif kind is _TABLE:
+            used, value = decode.field_table(payload[at:-1])
+            at += used
+        else:
+            if at + 8 > len(payload) - 1:
+                raise _Overrun
+            _, value = decode.timestamp(payload[at : at + 8])
+            at += 8
+        setattr(properties, name, value)
     if at > len(payload) - 1:
         raise _Overrun
     frame = _ContentHeader.__new__(_ContentHeader)
@@ -211,18 +210,6 @@ _PUBLISH_METHOD = (60 << 16 | 40).to_bytes(4, "big")
 _ACK_METHOD = _ACK.to_bytes(4, "big")
 _FRAME_END_BYTE = b"\xce"
 _EMPTY_TABLE = b"\x00\x00\x00\x00"
-_SHORTSTR_PROPERTIES = {
-    "content_type": 0x8000,
-    "content_encoding": 0x4000,
-    "correlation_id": 0x0400,
-    "reply_to": 0x0200,
-    "expiration": 0x0100,
-    "message_id": 0x0080,
-    "message_type": 0x0020,
-    "user_id": 0x0010,
-    "app_id": 0x0008,
-    "cluster_id": 0x0004,
-}
 
 
 class _Unusual(Exception):
@@ -260,40 +247,22 @@ def _properties(properties: _Properties) -> bytes:
     """Basic.Properties as pamqp marshals them: a property that is None or "" is left out."""
     flags = 0
     parts: list[bytes] = []
-    value: Any = properties.content_type
-    if value is not None and value != "":
-        flags |= 0x8000
-        parts.append(_short(value))
-    value = properties.content_encoding
-    if value is not None and value != "":
-        flags |= 0x4000
-        parts.append(_short(value))
-    value = properties.headers
-    if value is not None and value != "":
-        if not isinstance(value, dict):
-            raise _Unusual
-        flags |= 0x2000
-        parts.append(_table(value))
-    for name, flag in (("delivery_mode", 0x1000), ("priority", 0x0800)):
+    for name, flag, kind in _PROPERTY_LAYOUT:
         value = getattr(properties, name)
-        if value is not None and value != "":
+        if value is None or value == "":
+            continue
+        flags |= flag
+        if kind is _TABLE:
+            if not isinstance(value, dict):
+                raise _Unusual
+            parts.append(_table(value))
+        elif kind is _OCTET:
             if not isinstance(value, int) or not 0 <= value <= 255:  # an IntEnum (DeliveryMode) is fine
                 raise _Unusual
-            flags |= flag
             parts.append(bytes((value,)))
-    for name in ("correlation_id", "reply_to", "expiration", "message_id"):
-        value = getattr(properties, name)
-        if value is not None and value != "":
-            flags |= _SHORTSTR_PROPERTIES[name]
-            parts.append(_short(value))
-    value = properties.timestamp
-    if value is not None and value != "":
-        flags |= 0x0040
-        parts.append(pamqp.encode.timestamp(value))
-    for name in ("message_type", "user_id", "app_id", "cluster_id"):
-        value = getattr(properties, name)
-        if value is not None and value != "":
-            flags |= _SHORTSTR_PROPERTIES[name]
+        elif kind is _TIMESTAMP:
+            parts.append(pamqp.encode.timestamp(value))
+        else:
             parts.append(_short(value))
     return flags.to_bytes(2, "big") + b"".join(parts)
 
