@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import aiormq.abc
@@ -294,7 +295,18 @@ def encode_frames(frames: list[Any], channel: int) -> bytes | None:
         return None
 
 
-_pamqp_marshall = aiormq.abc.ChannelFrame.marshall.__func__  # type: ignore[attr-defined]
+# aiormq's own ChannelFrame.marshall (its function), kept by install() for the frames left to pamqp.
+_aiormq_marshall: dict[str, Callable[..., aiormq.abc.ChannelFrame]] = {}
+
+
+def pamqp_marshall(
+    cls: type[aiormq.abc.ChannelFrame],
+    channel_number: int,
+    frames: Any,
+    drain_future: asyncio.Future[Any] | None = None,
+) -> aiormq.abc.ChannelFrame:
+    """aiormq's ChannelFrame.marshall as it was before :func:`install`."""
+    return _aiormq_marshall["function"](cls, channel_number, frames, drain_future)
 
 
 def _lean_marshall(
@@ -306,19 +318,25 @@ def _lean_marshall(
     frames = list(frames)
     payload = encode_frames(frames, channel_number)
     if payload is None:
-        return _pamqp_marshall(cls, channel_number, frames, drain_future)  # type: ignore[no-any-return]
+        return pamqp_marshall(cls, channel_number, frames, drain_future)
     return cls(payload=payload, drain_future=drain_future, should_close=False)
 
 
 def install() -> bool:
     """Have aiormq read frames with :class:`LeanFrameReceiver` and marshal them with
-    :func:`encode_frames`; False if this aiormq does not read frames through
-    ``connection.FrameReceiver(reader).get_frame()`` and marshal through ``ChannelFrame.marshall``."""
+    :func:`encode_frames`; False (and aiormq left as it is) if this aiormq does not read frames
+    through ``connection.FrameReceiver(reader).get_frame()`` and marshal them through the
+    classmethod ``abc.ChannelFrame.marshall``."""
     receiver = getattr(aiormq.connection, "FrameReceiver", None)
     if receiver is LeanFrameReceiver:
         return True
+    marshall = getattr(getattr(aiormq.abc, "ChannelFrame", None), "marshall", None)
+    function = getattr(marshall, "__func__", None)
     if receiver is not LeanFrameReceiver.__mro__[1] or not callable(getattr(receiver, "get_frame", None)):
         return False
+    if not callable(function):
+        return False
+    _aiormq_marshall["function"] = function
     aiormq.connection.FrameReceiver = LeanFrameReceiver  # type: ignore[misc]
     aiormq.abc.ChannelFrame.marshall = classmethod(_lean_marshall)  # type: ignore[method-assign, assignment]
     return True

@@ -24,8 +24,7 @@ from hypothesis import strategies as st
 from pamqp import body, commands, header, heartbeat
 
 from lamassu_aws_connector import amqp  # noqa: F401 - importing it installs the reader
-from lamassu_aws_connector.amqp_wire import LeanFrameReceiver, decode_frame, encode_frames, install
-from lamassu_aws_connector.amqp_wire import _pamqp_marshall as pamqp_marshall
+from lamassu_aws_connector.amqp_wire import LeanFrameReceiver, decode_frame, encode_frames, install, pamqp_marshall
 
 short_text = st.text(max_size=40)
 names = st.from_regex(r"[a-zA-Z0-9_.:-]{0,40}", fullmatch=True)
@@ -248,3 +247,14 @@ def test_what_pamqp_refuses_is_refused_alike() -> None:
 def test_a_header_name_pamqp_truncates_is_written_as_pamqp_writes_it() -> None:
     frame = header.ContentHeader(0, 3, commands.Basic.Properties(headers={"k" * 130: "v", "a": "b"}))
     assert aiormq.abc.ChannelFrame.marshall(1, [frame]).payload == pamqp.frame.marshal(frame, 1)
+
+
+def test_an_aiormq_that_reads_frames_otherwise_keeps_its_own_reader_and_writer(monkeypatch: pytest.MonkeyPatch) -> None:
+    class OtherReceiver:
+        pass
+
+    marshall = aiormq.abc.ChannelFrame.__dict__["marshall"]
+    monkeypatch.setattr(aiormq.connection, "FrameReceiver", OtherReceiver)
+    assert not install()
+    assert aiormq.connection.FrameReceiver is OtherReceiver
+    assert aiormq.abc.ChannelFrame.__dict__["marshall"] is marshall
