@@ -13,7 +13,7 @@ channels, the topology and the consumer's restore after a reconnect (:class:`_De
 aiormq itself starts a task per delivery to run the consumer; the events consumer's handler is
 started at once instead, in delivery order, and becomes a task only if it has to wait
 (:class:`_EagerChannel`): most events are parsed, checked and batched without waiting on anything.
-Frames are read off the socket by :mod:`.amqp_wire`'s leaner reader.
+The frames of deliveries, confirms, publishes and acks are read and written by :mod:`.amqp_wire`.
 """
 
 from __future__ import annotations

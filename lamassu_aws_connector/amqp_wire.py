@@ -56,6 +56,7 @@ _ACK = 60 << 16 | 80
 _NACK = 60 << 16 | 120
 
 Frame = tuple[int, int, Any]
+AiormqFrameReceiver = aiormq.connection.FrameReceiver  # aiormq's own, as imported (before install())
 
 
 # Basic.Properties on the wire: in this order, each one present when its flag bit is set.
@@ -169,7 +170,7 @@ def decode_frame(head: bytes, payload: bytes) -> Frame:
     return pamqp.frame.unmarshal(head + payload)
 
 
-class LeanFrameReceiver(aiormq.connection.FrameReceiver):
+class LeanFrameReceiver(AiormqFrameReceiver):
     """aiormq's frame receiver, reading a frame in two awaits and decoding it with :func:`decode_frame`.
 
     Errors are aiormq's own: a socket that closes mid-frame or fails is ``AMQPConnectionError``, a
@@ -332,7 +333,7 @@ def install() -> bool:
         return True
     marshall = getattr(getattr(aiormq.abc, "ChannelFrame", None), "marshall", None)
     function = getattr(marshall, "__func__", None)
-    if receiver is not LeanFrameReceiver.__mro__[1] or not callable(getattr(receiver, "get_frame", None)):
+    if receiver is not AiormqFrameReceiver or not callable(getattr(receiver, "get_frame", None)):
         return False
     if not callable(function):
         return False
