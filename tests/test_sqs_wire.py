@@ -395,3 +395,34 @@ async def test_the_daemon_imports_no_botocore_client() -> None:
     for module in ("'aiobotocore.session'", "'botocore.client'", "'dateutil'", "'urllib3'"):
         assert module not in loaded
     assert "'lamassu_aws_connector.amqp'" in loaded
+
+
+PROXY = "http://proxy.example:3128"
+SQS_AWS, SQS_LOCAL = "https://sqs.eu-west-1.amazonaws.com/", "http://127.0.0.1:4566/"
+
+
+@pytest.mark.parametrize(
+    ("environment", "url", "expected"),
+    [
+        ({}, SQS_AWS, None),
+        ({"HTTPS_PROXY": PROXY}, SQS_AWS, PROXY),
+        ({"HTTPS_PROXY": PROXY, "NO_PROXY": ".amazonaws.com"}, SQS_AWS, None),
+        ({"http_proxy": PROXY}, SQS_LOCAL, PROXY),
+        ({"no_proxy": "localhost"}, SQS_LOCAL, None),
+    ],
+    ids=["none", "https-proxy", "no-proxy-matches", "http-proxy", "no-proxy-only"],
+)
+async def test_the_proxy_is_the_one_botocore_finds(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], url: str, expected: str | None
+) -> None:
+    """The fast path imports botocore's proxy reading only when a *_proxy variable is set, and then
+    uses exactly its answer."""
+    from botocore.utils import get_environ_proxies  # noqa: PLC0415
+
+    from lamassu_aws_connector.sqs_wire import environ_proxy  # noqa: PLC0415
+
+    for name in [name for name in os.environ if name.lower().endswith("_proxy")]:
+        monkeypatch.delenv(name)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert environ_proxy(url) == get_environ_proxies(url).get(url.split(":", 1)[0]) == expected
