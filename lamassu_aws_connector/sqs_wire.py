@@ -1,4 +1,4 @@
-"""SQS's JSON protocol for the connector's calls: botocore's credentials, an own SigV4 signer, one aiohttp session.
+"""SQS's JSON protocol for the connector's calls: botocore's credentials, an own SigV4 signer, kept-alive connections.
 
 Why not the full botocore client for these: it costs ≈ 2.5 to 3.4 ms of CPU per ``SendMessageBatch``
 of ten 1 KB entries here — every attribute of every entry walked through the service model, the
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-import aiohttp
+import httptools
 import orjson
 from botocore.exceptions import (
     ClientError,
@@ -41,7 +41,7 @@ from botocore.exceptions import (
     SSLError,
 )
 
-from . import __version__
+from . import __version__, http_pool
 from .outcomes import SQS_QUICK, failed_and, is_unavailable
 
 if TYPE_CHECKING:
@@ -172,6 +172,77 @@ def environ_proxy(url: str) -> str | None:
     return proxy
 
 
+class LeanTransport:
+    """POSTs through :class:`http_pool.HttpPool`, failures raised as botocore's exceptions."""
+
+    def __init__(self, pool: http_pool.HttpPool, url: str) -> None:
+        self._pool = pool
+        self._url = url
+        self.user_agent = f"lamassu-aws-connector/{__version__} httptools/{httptools.__version__}"
+
+    async def post(self, headers: dict[str, str], body: bytes) -> http_pool.Response:
+        try:
+            return await self._pool.post(headers, body)
+        except http_pool.TlsFailed as exc:
+            raise SSLError(endpoint_url=self._url, error=exc) from exc
+        except http_pool.ConnectTimeout as exc:
+            raise ConnectTimeoutError(endpoint_url=self._url, error=exc) from exc
+        except http_pool.ConnectFailed as exc:
+            raise EndpointConnectionError(endpoint_url=self._url, error=exc) from exc
+        except http_pool.ReadTimeout as exc:
+            raise ReadTimeoutError(endpoint_url=self._url, error=exc) from exc
+        except http_pool.ConnectionDropped as exc:
+            raise ConnectionClosedError(endpoint_url=self._url, error=exc) from exc
+        except http_pool.BadResponse as exc:
+            raise HTTPClientError(error=exc) from exc
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+class AiohttpTransport:
+    """POSTs through an aiohttp session: the way through a proxy (CONNECT tunnels, proxy
+    authentication), which the lean transport does not speak."""
+
+    def __init__(self, url: str, *, ssl_context: ssl.SSLContext | None, proxy: str, timeouts: tuple[float, float],
+                 max_connections: int) -> None:  # fmt: skip
+        import aiohttp  # noqa: PLC0415 - only with a proxy
+
+        self._aiohttp = aiohttp
+        self._url = url
+        self._http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=max_connections, ssl=ssl_context or True),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts[0], sock_read=timeouts[1]),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            proxy=proxy,
+        )
+        self.user_agent = f"lamassu-aws-connector/{__version__} aiohttp/{aiohttp.__version__}"
+
+    async def post(self, headers: dict[str, str], body: bytes) -> http_pool.Response:
+        aiohttp = self._aiohttp
+        try:
+            async with self._http.post(self._url, data=body, headers=headers) as response:
+                payload = await response.read()
+                wanted = ("x-amzn-RequestId", "x-amzn-query-error")
+                found = {name.lower(): response.headers[name] for name in wanted if name in response.headers}
+                return http_pool.Response(response.status, found, payload)
+        except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
+            raise SSLError(endpoint_url=self._url, error=exc) from exc
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise ConnectTimeoutError(endpoint_url=self._url, error=exc) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise EndpointConnectionError(endpoint_url=self._url, error=exc) from exc
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise ReadTimeoutError(endpoint_url=self._url, error=exc) from exc
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError) as exc:
+            raise ConnectionClosedError(endpoint_url=self._url, error=exc) from exc
+        except aiohttp.ClientError as exc:
+            raise HTTPClientError(error=exc) from exc
+
+    async def close(self) -> None:
+        await self._http.close()
+
+
 class SqsJsonWire:
     def __init__(
         self,
@@ -187,20 +258,19 @@ class SqsJsonWire:
         self._session = session
         self._region = region
         self._url = endpoint_url.rstrip("/") + "/"
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+        self._timeouts = (connect_timeout, read_timeout)
         self._max_connections = max_connections
         # Per call, for a dropped keep-alive connection, 5xx or throttling, as the botocore client
         # is configured; longer trouble is the pipelines' business (they retry without dropping).
         self._attempts = attempts
         self._credentials: Any = None
-        self._http: aiohttp.ClientSession | None = None
-        self._user_agent = f"lamassu-aws-connector/{__version__} aiohttp/{aiohttp.__version__}"
+        self._transport: LeanTransport | AiohttpTransport | None = None
         self._signer = SigV4Signer(self._url, region, "sqs")
 
     async def start(self) -> None:
         # The CA bundle botocore would use (AWS_CA_BUNDLE / ca_bundle, else its own), never unverified.
         # Loading it costs ~20-60 ms of CPU: only for https (a plain-http endpoint is a local emulator).
-        context: ssl.SSLContext | bool = True
+        context: ssl.SSLContext | None = None
         if self._url.startswith("https:"):
             from botocore.httpsession import get_cert_path  # noqa: PLC0415 - imports urllib3: https only
 
@@ -209,18 +279,23 @@ class SqsJsonWire:
         # HTTPS_PROXY / NO_PROXY as botocore reads them, once: aiohttp's trust_env would look them
         # (and ~/.netrc) up again in a worker thread for every request.
         proxy = environ_proxy(self._url)
-        self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._max_connections, ssl=context),
-            timeout=self._timeout,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            proxy=proxy,
-        )
+        if proxy:
+            self._transport = AiohttpTransport(
+                self._url, ssl_context=context, proxy=proxy, timeouts=self._timeouts,
+                max_connections=self._max_connections,
+            )  # fmt: skip
+        else:
+            pool = http_pool.HttpPool(
+                self._url, ssl_context=context, connect_timeout=self._timeouts[0], read_timeout=self._timeouts[1],
+                max_connections=self._max_connections,
+            )  # fmt: skip
+            self._transport = LeanTransport(pool, self._url)
         self._credentials = environment_credentials() or await self._session().get_credentials()
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        if self._transport is not None:
+            await self._transport.close()
+            self._transport = None
 
     async def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -237,7 +312,8 @@ class SqsJsonWire:
         raise AssertionError("unreachable: the retry loop re-raises the last failure")
 
     async def _attempt(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
-        assert self._http is not None, "start() first"
+        transport = self._transport
+        assert transport is not None, "start() first"
         if self._credentials is None:
             raise NoCredentialsError()
         credentials = await self._credentials.get_frozen_credentials()
@@ -254,29 +330,13 @@ class SqsJsonWire:
             credentials,
         )
         headers["Host"] = self._signer.host  # exactly the value signed
-        headers["User-Agent"] = self._user_agent
-        try:
-            async with self._http.post(self._url, data=body, headers=headers) as response:
-                payload = await response.read()
-                status = response.status
-                request_id = response.headers.get("x-amzn-RequestId", "")
-                query_error = response.headers.get("x-amzn-query-error")
-        except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
-            raise SSLError(endpoint_url=self._url, error=exc) from exc
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise ConnectTimeoutError(endpoint_url=self._url, error=exc) from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise EndpointConnectionError(endpoint_url=self._url, error=exc) from exc
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise ReadTimeoutError(endpoint_url=self._url, error=exc) from exc
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError) as exc:
-            raise ConnectionClosedError(endpoint_url=self._url, error=exc) from exc
-        except aiohttp.ClientError as exc:
-            raise HTTPClientError(error=exc) from exc
-        metadata = {"HTTPStatusCode": status, "RequestId": request_id}
-        if status >= 300:
-            raise ClientError(_error_response(status, payload, query_error, metadata), operation)
-        result: dict[str, Any] = orjson.loads(payload) if payload else {}
+        headers["User-Agent"] = transport.user_agent
+        response = await transport.post(headers, body)
+        metadata = {"HTTPStatusCode": response.status, "RequestId": response.headers.get("x-amzn-requestid", "")}
+        if response.status >= 300:
+            query_error = response.headers.get("x-amzn-query-error")
+            raise ClientError(_error_response(response.status, response.body, query_error, metadata), operation)
+        result: dict[str, Any] = orjson.loads(response.body) if response.body else {}
         result["ResponseMetadata"] = metadata
         return result
 
