@@ -243,6 +243,7 @@ async def test_a_cancelled_request_closes_its_connection() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         assert (await http.post({}, b"next")).body == b"{}"
+        await wait_for(lambda: server.open == 1)  # the cancelled request's connection was closed
         await http.close()
     assert server.connections == 2
 
