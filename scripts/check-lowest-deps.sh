@@ -5,9 +5,9 @@
 # ("aiohttp>=3.11" -> aiohttp==3.11; what they need in turn is resolved by pip as usual) into a
 # throwaway venv under ${TMPDIR:-/tmp}, installs the connector itself with --no-deps, then runs:
 #   1. a smoke check of the code paths that depend on versions: every module imports; the default
-#      Settings build (and the example config, and environment overrides); SqsJsonWire starts (an
-#      aiohttp session with proxy=, botocore's credentials) and closes, with and without a proxy
-#      variable, and maps a refused connection; both SQS paths (fast path and the full botocore
+#      Settings build (and the example config, and environment overrides); SqsJsonWire starts (its
+#      kept-alive pool, or an aiohttp session with proxy=; botocore's credentials) and closes, with and
+#      without a proxy variable, and maps a refused connection; both SQS paths (fast path and the full botocore
 #      client) send their calls to a fake SQS endpoint served in-process on 127.0.0.1; the AMQP
 #      connect hands heartbeat and connection name to aiormq (aiormq.connect is faked: no broker);
 #      /healthz and /metrics answer; a JSON log line is written;
@@ -164,7 +164,7 @@ else
 fi
 echo "check-lowest-deps: installed (pins and what pip resolved for them):"
 "$venv/bin/python" -m pip list --disable-pip-version-check --format=freeze 2>/dev/null \
-  | grep -iE '^(aio-pika|aiormq|pamqp|aiobotocore|botocore|aiohttp|yarl|multidict|pydantic|pydantic[-_]core|pydantic-settings|structlog|orjson|tenacity|prometheus[-_]client|pyyaml|cryptography)==' \
+  | grep -iE '^(aio-pika|aiormq|pamqp|aiobotocore|botocore|aiohttp|httptools|yarl|multidict|pydantic|pydantic[-_]core|pydantic-settings|structlog|orjson|tenacity|prometheus[-_]client|pyyaml|cryptography)==' \
   | sed 's/^/  /'
 
 # The connector from a copy of its sources, so the build leaves nothing in the work tree.
@@ -285,7 +285,7 @@ def wire(endpoint):
 
 
 async def wire_start_close(proxy):
-    """start() builds the aiohttp session (proxy=, never unverified TLS) and reads the credentials."""
+    """start() builds its transport (the pool; with a proxy, an aiohttp session with proxy=) and reads the credentials."""
     names = ("HTTP_PROXY", "HTTPS_PROXY")
     for name in names:
         if proxy:
@@ -305,7 +305,7 @@ async def wire_start_close(proxy):
 
 
 async def wire_refused():
-    """A refused connection is an EndpointConnectionError (the except clauses name aiohttp's exceptions)."""
+    """A refused connection is an EndpointConnectionError (the transport maps its own exceptions to botocore's)."""
     from botocore.exceptions import EndpointConnectionError
 
     sqs = wire(DEAD)

@@ -145,6 +145,17 @@ async def test_an_idle_connection_the_server_closed_is_replaced() -> None:
     assert server.connections == 2
 
 
+async def test_a_connection_idle_for_too_long_is_closed_rather_than_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with serving(answer_ok) as (server, url):
+        http = pool(url)
+        await http.post({}, b"1")
+        monkeypatch.setattr(http_pool, "IDLE_SECONDS", 0.0)
+        assert (await http.post({}, b"2")).status == 200
+        await wait_for(lambda: server.open == 1)  # the first one was closed
+        await http.close()
+    assert server.connections == 2
+
+
 async def test_a_connection_dropped_before_the_answer_is_reported_and_not_reused() -> None:
     answers = iter(["drop", "ok"])
 

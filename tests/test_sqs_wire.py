@@ -426,3 +426,24 @@ async def test_the_proxy_is_the_one_botocore_finds(
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     assert environ_proxy(url) == get_environ_proxies(url).get(url.split(":", 1)[0]) == expected
+
+
+async def test_with_a_proxy_in_the_environment_the_calls_go_through_it(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lean transport speaks no proxy protocol: with a proxy set, the calls go through aiohttp."""
+    from lamassu_aws_connector.sqs_wire import AiohttpTransport, LeanTransport  # noqa: PLC0415
+
+    for name in [name for name in os.environ if name.lower().endswith("_proxy")]:
+        monkeypatch.delenv(name)
+    async with gateway(fast_path=True) as direct:
+        assert isinstance(direct._wire._transport, LeanTransport)  # type: ignore[union-attr]
+        queue = await direct.resolve(world.command_queue, create=True)
+        world.sqs_queues.append(world.command_queue)
+    async with proxy({}) as forwarding:
+        monkeypatch.setenv("HTTP_PROXY", forwarding.url)
+        async with gateway(fast_path=True) as sqs:
+            assert isinstance(sqs._wire._transport, AiohttpTransport)  # type: ignore[union-attr]
+            assert len((await sqs.send_batch(queue, [entry(n) for n in range(2)]))["Successful"]) == 2
+        assert forwarding.forwarded >= 1
+    assert await world.sqs_count(world.command_queue) == 2
