@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httptools
 
+# A connection idle longer than this is closed rather than reused (aiohttp's default too): servers and
+# load balancers drop idle connections after a while, and a request sent just as they do is lost in
+# transit (a retry, and a duplicate if the server had read it).
+IDLE_SECONDS = 15.0
 # The largest answer accepted: a ReceiveMessage of ten 1 MiB messages with their attributes, JSON-escaped.
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
@@ -73,6 +78,7 @@ class _Connection(asyncio.Protocol):
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self.lost = False
+        self.idle_since = 0.0
 
     # asyncio.Protocol
 
@@ -203,14 +209,16 @@ class HttpPool:
             if connection.lost or self._closed:
                 self._open.discard(connection)
             else:
+                connection.idle_since = time.monotonic()
                 self._idle.append(connection)
             return response
 
     def _take_idle(self) -> _Connection | None:
         while self._idle:
             connection = self._idle.pop()  # the most recently used: the least likely to be timed out
-            if not connection.lost:
+            if not connection.lost and time.monotonic() - connection.idle_since < IDLE_SECONDS:
                 return connection
+            connection.close()
             self._open.discard(connection)
         return None
 
