@@ -31,28 +31,32 @@ IDLE_SECONDS = 15.0
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 
-class ConnectTimeout(Exception):
+class PoolError(Exception):
+    """What went wrong with a request, one of the classes below."""
+
+
+class ConnectTimeout(PoolError):
     """No connection (TCP and TLS) within the connect timeout."""
 
 
-class ConnectFailed(Exception):
+class ConnectFailed(PoolError):
     """The endpoint could not be reached: refused, unreachable, name not resolved."""
 
 
-class TlsFailed(Exception):
+class TlsFailed(PoolError):
     """The TLS handshake failed, e.g. a certificate no trusted CA signed."""
 
 
-class ConnectionDropped(Exception):
+class ConnectionDropped(PoolError):
     """The connection closed before the whole answer arrived (a kept-alive connection the server
     had closed, a reset): the request may not have been seen, so it may be sent again."""
 
 
-class ReadTimeout(Exception):
+class ReadTimeout(PoolError):
     """No byte of the answer arrived within the read timeout."""
 
 
-class BadResponse(Exception):
+class BadResponse(PoolError):
     """The answer is not HTTP/1.1 as we read it, or it is larger than MAX_RESPONSE_BYTES."""
 
 

@@ -31,6 +31,7 @@ from urllib.parse import quote, urlsplit
 import httptools
 import orjson
 from botocore.exceptions import (
+    BotoCoreError,
     ClientError,
     ConnectionClosedError,
     ConnectTimeoutError,
@@ -172,6 +173,19 @@ def environ_proxy(url: str) -> str | None:
     return proxy
 
 
+# (exception classes of a transport, the botocore exception the full client raises for them), first match wins
+ErrorTable = tuple[tuple[tuple[type[BaseException], ...], type[BotoCoreError]], ...]
+
+
+def botocore_error(exc: BaseException, url: str, table: ErrorTable) -> BotoCoreError:
+    """The botocore exception the full client raises for this transport failure, so outcomes.py
+    classifies both paths alike."""
+    for classes, botocore_class in table:
+        if isinstance(exc, classes):
+            return botocore_class(endpoint_url=url, error=exc)
+    return HTTPClientError(endpoint_url=url, error=exc)
+
+
 class LeanTransport:
     """POSTs through :class:`http_pool.HttpPool`, failures raised as botocore's exceptions."""
 
@@ -180,21 +194,20 @@ class LeanTransport:
         self._url = url
         self.user_agent = f"lamassu-aws-connector/{__version__} httptools/{httptools.__version__}"
 
+    _ERRORS: ErrorTable = (
+        ((http_pool.TlsFailed,), SSLError),
+        ((http_pool.ConnectTimeout,), ConnectTimeoutError),
+        ((http_pool.ConnectFailed,), EndpointConnectionError),
+        ((http_pool.ReadTimeout,), ReadTimeoutError),
+        ((http_pool.ConnectionDropped,), ConnectionClosedError),
+        ((http_pool.BadResponse,), HTTPClientError),
+    )
+
     async def post(self, headers: dict[str, str], body: bytes) -> http_pool.Response:
         try:
             return await self._pool.post(headers, body)
-        except http_pool.TlsFailed as exc:
-            raise SSLError(endpoint_url=self._url, error=exc) from exc
-        except http_pool.ConnectTimeout as exc:
-            raise ConnectTimeoutError(endpoint_url=self._url, error=exc) from exc
-        except http_pool.ConnectFailed as exc:
-            raise EndpointConnectionError(endpoint_url=self._url, error=exc) from exc
-        except http_pool.ReadTimeout as exc:
-            raise ReadTimeoutError(endpoint_url=self._url, error=exc) from exc
-        except http_pool.ConnectionDropped as exc:
-            raise ConnectionClosedError(endpoint_url=self._url, error=exc) from exc
-        except http_pool.BadResponse as exc:
-            raise HTTPClientError(error=exc) from exc
+        except http_pool.PoolError as exc:
+            raise botocore_error(exc, self._url, self._ERRORS) from exc
 
     async def close(self) -> None:
         await self._pool.close()
@@ -210,6 +223,17 @@ class AiohttpTransport:
 
         self._aiohttp = aiohttp
         self._url = url
+        self._errors: ErrorTable = (  # in this order: aiohttp's exception classes overlap
+            ((aiohttp.ClientSSLError, ssl.SSLError), SSLError),
+            ((aiohttp.ConnectionTimeoutError,), ConnectTimeoutError),
+            ((aiohttp.ClientConnectorError,), EndpointConnectionError),
+            ((TimeoutError, aiohttp.ServerTimeoutError), ReadTimeoutError),
+            (
+                (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError),
+                ConnectionClosedError,
+            ),
+            ((aiohttp.ClientError,), HTTPClientError),
+        )
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections, ssl=ssl_context or True),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts[0], sock_read=timeouts[1]),
@@ -219,25 +243,14 @@ class AiohttpTransport:
         self.user_agent = f"lamassu-aws-connector/{__version__} aiohttp/{aiohttp.__version__}"
 
     async def post(self, headers: dict[str, str], body: bytes) -> http_pool.Response:
-        aiohttp = self._aiohttp
         try:
             async with self._http.post(self._url, data=body, headers=headers) as response:
                 payload = await response.read()
                 wanted = ("x-amzn-RequestId", "x-amzn-query-error")
                 found = {name.lower(): response.headers[name] for name in wanted if name in response.headers}
                 return http_pool.Response(response.status, found, payload)
-        except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
-            raise SSLError(endpoint_url=self._url, error=exc) from exc
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise ConnectTimeoutError(endpoint_url=self._url, error=exc) from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise EndpointConnectionError(endpoint_url=self._url, error=exc) from exc
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise ReadTimeoutError(endpoint_url=self._url, error=exc) from exc
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError) as exc:
-            raise ConnectionClosedError(endpoint_url=self._url, error=exc) from exc
-        except aiohttp.ClientError as exc:
-            raise HTTPClientError(error=exc) from exc
+        except (self._aiohttp.ClientError, ssl.SSLError, TimeoutError) as exc:
+            raise botocore_error(exc, self._url, self._errors) from exc
 
     async def close(self) -> None:
         await self._http.close()

@@ -23,14 +23,23 @@ from aiohttp import web
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from botocore.exceptions import ClientError, SSLError
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    HTTPClientError,
+    ReadTimeoutError,
+    SSLError,
+)
 
+from lamassu_aws_connector import http_pool
 from lamassu_aws_connector.config import SqsConfig
 from lamassu_aws_connector.metrics import Metrics
 from lamassu_aws_connector.outcomes import Outcome, classify_sqs_error, is_unavailable
 from lamassu_aws_connector.outcomes import aws_error_code as error_code
 from lamassu_aws_connector.sqs import _NOT_FOUND_CODES, QueueInfo, QueueNotFound, SqsGateway
-from lamassu_aws_connector.sqs_wire import SigV4Signer
+from lamassu_aws_connector.sqs_wire import SigV4Signer, botocore_error
 
 from .conftest import SQS_ENDPOINT, World
 from .faultproxy import FaultProxy
@@ -447,3 +456,50 @@ async def test_with_a_proxy_in_the_environment_the_calls_go_through_it(
             assert len((await sqs.send_batch(queue, [entry(n) for n in range(2)]))["Successful"]) == 2
         assert forwarding.forwarded >= 1
     assert await world.sqs_count(world.command_queue) == 2
+
+
+def _aiohttp_errors() -> list[tuple[BaseException, type[Exception]]]:
+    import aiohttp  # noqa: PLC0415
+
+    return [
+        (aiohttp.ConnectionTimeoutError(), ConnectTimeoutError),
+        (aiohttp.ServerTimeoutError(), ReadTimeoutError),
+        (TimeoutError(), ReadTimeoutError),
+        (aiohttp.ServerDisconnectedError(), ConnectionClosedError),
+        (aiohttp.ClientPayloadError(), ConnectionClosedError),
+        (aiohttp.ClientOSError(104, "reset"), ConnectionClosedError),
+        (ssl.SSLError(1, "bad"), SSLError),
+        (aiohttp.ClientError("other"), HTTPClientError),
+    ]
+
+
+POOL_ERRORS = [
+    (http_pool.TlsFailed("x"), SSLError),
+    (http_pool.ConnectTimeout("x"), ConnectTimeoutError),
+    (http_pool.ConnectFailed("x"), EndpointConnectionError),
+    (http_pool.ReadTimeout("x"), ReadTimeoutError),
+    (http_pool.ConnectionDropped("x"), ConnectionClosedError),
+    (http_pool.BadResponse("x"), HTTPClientError),
+]
+
+
+@pytest.mark.parametrize("transport", ["pool", "aiohttp"])
+async def test_transport_failures_are_raised_as_the_full_clients_exceptions(transport: str) -> None:
+    """Both transports report a failure as the botocore exception the full client raises, so the
+    failure model classifies all three paths alike."""
+    from lamassu_aws_connector.sqs_wire import AiohttpTransport, LeanTransport  # noqa: PLC0415
+
+    if transport == "pool":
+        table, cases = LeanTransport._ERRORS, POOL_ERRORS
+    else:
+        wire = AiohttpTransport("http://127.0.0.1:9/", ssl_context=None, proxy="http://127.0.0.1:9",
+                                timeouts=(1, 1), max_connections=1)  # fmt: skip
+        table, cases = wire._errors, _aiohttp_errors()
+        await wire.close()
+    for failure, expected in cases:
+        raised = botocore_error(failure, "http://sqs.test/", table)
+        assert type(raised) is expected, (failure, raised)
+        assert raised.kwargs["error"] is failure
+    # Connection trouble is the dependency's, to be retried; an unreadable answer too.
+    for failure, _ in POOL_ERRORS:
+        assert classify_sqs_error(botocore_error(failure, "u", LeanTransport._ERRORS)) is Outcome.DEPENDENCY
