@@ -460,8 +460,15 @@ async def test_with_a_proxy_in_the_environment_the_calls_go_through_it(
 
 def _aiohttp_errors() -> list[tuple[BaseException, type[Exception]]]:
     import aiohttp  # noqa: PLC0415
+    from aiohttp.client_reqrep import ConnectionKey  # noqa: PLC0415
 
+    key = ConnectionKey(
+        host="sqs.test", port=443, is_ssl=True, ssl=True, proxy=None, proxy_auth=None, proxy_headers_hash=None
+    )
     return [
+        # subclasses before their bases: a certificate error is a connector error is an OS error
+        (aiohttp.ClientConnectorCertificateError(key, ValueError("unknown CA")), SSLError),
+        (aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "refused")), EndpointConnectionError),
         (aiohttp.ConnectionTimeoutError(), ConnectTimeoutError),
         (aiohttp.ServerTimeoutError(), ReadTimeoutError),
         (TimeoutError(), ReadTimeoutError),
