@@ -78,7 +78,7 @@ class _Connection(asyncio.Protocol):
         self._answer: asyncio.Future[Response] | None = None
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
-        self._body_size = 0
+        self._received = 0  # bytes of the current answer, head and framing included
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self.lost = False
@@ -96,6 +96,10 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self._last_read = self._loop.time()
+        self._received += len(data)
+        if self._received > MAX_RESPONSE_BYTES:  # counted on the wire: the parser buffers a long header itself
+            self._fail(BadResponse(f"the answer exceeds {MAX_RESPONSE_BYTES} bytes"))
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -113,16 +117,12 @@ class _Connection(asyncio.Protocol):
         self._headers[key] = f"{self._headers[key]}, {text}" if key in self._headers else text
 
     def on_body(self, body: bytes) -> None:
-        self._body_size += len(body)
-        if self._body_size > MAX_RESPONSE_BYTES:
-            self._fail(BadResponse(f"the answer exceeds {MAX_RESPONSE_BYTES} bytes"))
-            return
         self._body.append(body)
 
     def on_message_complete(self) -> None:
         status = self._parser.get_status_code()
         if status < 200:  # an informational answer (100 Continue): the real one follows
-            self._headers, self._body, self._body_size = {}, [], 0
+            self._headers, self._body = {}, []
             return
         answer = self._answer
         if answer is not None and not answer.done():
@@ -136,7 +136,7 @@ class _Connection(asyncio.Protocol):
     async def exchange(self, request: bytes, body: bytes) -> Response:
         assert self._transport is not None
         self._answer = self._loop.create_future()
-        self._headers, self._body, self._body_size = {}, [], 0
+        self._headers, self._body, self._received = {}, [], 0
         self._last_read = self._loop.time()
         self._timer = self._loop.call_at(self._last_read + self._read_timeout, self._check_read_timeout)
         try:

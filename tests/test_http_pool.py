@@ -220,11 +220,19 @@ async def test_an_unreadable_answer_is_a_bad_response_and_the_connection_goes(an
         await http.close()
 
 
-async def test_an_answer_larger_than_the_bound_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000,
+        b"HTTP/1.1 200 OK\r\nX-Endless: " + b"x" * 5000,  # a header that never ends
+    ],
+    ids=["body", "header"],
+)
+async def test_an_answer_larger_than_the_bound_is_refused(monkeypatch: pytest.MonkeyPatch, answer: bytes) -> None:
     monkeypatch.setattr(http_pool, "MAX_RESPONSE_BYTES", 1000)
 
     async def huge(request: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000)
+        writer.write(answer)
         await writer.drain()
 
     async with serving(huge) as (_, url):
