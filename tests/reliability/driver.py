@@ -691,7 +691,12 @@ async def outbound_scenario(
         recovery = await watcher if watcher is not None else None
         drain_from = max(run.cleared_at or 0.0, time.monotonic())  # fault over and stream ended
         good_sent = publisher.sent - set(bad)
-        await wait_for(lambda: counter.unique >= len(good_sent), drain_timeout, "every sent event in SQS")
+        try:
+            await wait_for(lambda: counter.unique >= len(good_sent), drain_timeout, "every sent event in SQS")
+        except AssertionError as exc:
+            missing = sorted(good_sent - set(counter.seen))
+            found = await diagnosis(env, connectors)
+            raise AssertionError(f"{exc}: {len(missing)} missing, first {missing[:10]}\n{found}") from None
         drain = max(0.0, counter.last_new_at - drain_from)
         await wait_for(lambda: dead_letters.unique >= len(bad), 60, "every bad message dead-lettered")
         # Late copies (redeliveries) would still be on their way: wait until nothing is in flight.
@@ -735,6 +740,34 @@ async def outbound_scenario(
             if connector.running:
                 await connector.kill()
         await env.delete_sqs_queues(names)
+
+
+DIAGNOSTIC_METRICS = tuple(
+    f"lamassu_connector_{name}"
+    for name in ("outbound_in_flight", "events_consumed_total", "amqp_connected", "events_forwarded_total")
+)
+
+
+async def diagnosis(env: Env, connectors: list[Connector]) -> str:
+    """What a timed-out scenario left behind: the broker's queues and channels, each connector's gauges and log."""
+    parts: list[str] = []
+    for what, args in (
+        ("queues", ("list_queues", "name", "messages_ready", "messages_unacknowledged", "consumers")),
+        ("channels", ("list_channels", "connection", "number", "consumer_count", "messages_unacknowledged")),
+    ):
+        try:
+            parts.append(f"--- broker {what}\n" + await asyncio.to_thread(env.broker.rabbitmqctl, *args, timeout=30))
+        except Exception as exc:  # the broker itself may be what failed
+            parts.append(f"--- broker {what}: {exc!r}\n{env.broker.log_tail(15)}")
+    for connector in connectors:
+        gauges = ""
+        if connector.running:
+            with contextlib.suppress(Exception):
+                text = await connector.metrics()
+                gauges = "\n".join(line for line in text.splitlines() if line.startswith(DIAGNOSTIC_METRICS))
+        tail = [line for line in connector.log_text().splitlines() if '"level":"debug"' not in line][-40:]
+        parts.append(f"--- {connector.log_path.name} (running: {connector.running})\n{gauges}\n" + "\n".join(tail))
+    return "\n".join(parts)
 
 
 async def poll(condition: Callable[[], Awaitable[bool]], timeout: float, what: str, interval: float = 0.5) -> None:
