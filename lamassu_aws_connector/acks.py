@@ -42,8 +42,11 @@ class _ChannelAcks:
 
 
 class Acker:
-    def __init__(self, *, straggler_delay: float = 0.05, straggler_limit: int = 50) -> None:
+    def __init__(
+        self, *, straggler_delay: float = 0.05, straggler_limit: int = 50, write_check_seconds: float = 5.0
+    ) -> None:
         self._straggler_delay = straggler_delay
+        self._write_check_seconds = write_check_seconds
         self._straggler_limit = straggler_limit
         self._channels: dict[int, _ChannelAcks] = {}
         self._flush_scheduled = False
@@ -133,13 +136,31 @@ class Acker:
         while self._outbox:
             delivery, multiple, count = self._outbox.popleft()
             try:
-                await delivery.ack(multiple=multiple)
+                await self._write_ack(delivery, multiple)
             except Exception as exc:
                 # The channel closed in between: RabbitMQ delivers these again (a duplicate in SQS at worst).
                 log.warning("outbound.ack_failed", deliveries=count, error=repr(exc))
                 continue
             self.frames_sent += 1
             self.deliveries_acked += count
+
+    async def _write_ack(self, delivery: Consumed, multiple: bool) -> None:
+        """Queue the ack frame for the connection's writer, however long a live channel makes it wait.
+
+        aiormq's write queue holds ten frames. When the broker closes the connection its writer stops
+        first, and an ack waiting for room there would wait forever: every later ack, those of the
+        channels that come after the reconnect included, would queue behind it, the prefetch window
+        would fill and the consumer would stall. So the wait is checked every few seconds: a channel
+        closed meanwhile drops the ack (RabbitMQ delivers those messages again); a live one keeps it.
+        """
+        while True:
+            try:
+                async with asyncio.timeout(self._write_check_seconds):
+                    await delivery.ack(multiple=multiple)
+                return
+            except TimeoutError:
+                if _open_channel_key(delivery) is None:
+                    raise ConnectionError("channel closed while its ack waited for the connection's writer") from None
 
     async def flush(self) -> None:
         """Ack everything settled now (stragglers included) and wait until the frames are written."""

@@ -85,3 +85,51 @@ async def test_a_closed_channel_is_not_acked_and_is_forgotten() -> None:
     assert acker.settle(delivery)  # type: ignore[arg-type]
     await acker.flush()
     assert fresh.acked == {1}
+
+
+class _WedgedDelivery(FakeDelivery):
+    """Its ack waits for room in a write queue that never drains: aiormq's, once the connection's writer stopped."""
+
+    async def ack(self, multiple: bool = False) -> None:
+        await asyncio.Event().wait()
+
+
+class _SlowDelivery(FakeDelivery):
+    """Its ack waits a while for room, on a channel that stays open: a busy writer, not a dead one."""
+
+    def __init__(self, raw: bytes, channel: FakeChannel) -> None:
+        super().__init__(raw, channel)
+        self.room = asyncio.Event()
+
+    async def ack(self, multiple: bool = False) -> None:
+        await self.room.wait()
+        await super().ack(multiple)
+
+
+async def test_an_ack_wedged_on_a_dead_connection_does_not_hold_back_the_next_channel() -> None:
+    acker = Acker(write_check_seconds=0.02)
+    old = FakeChannel()
+    wedged = _WedgedDelivery(b"x", old)
+    acker.track(wedged)  # type: ignore[arg-type]
+    acker.settle(wedged)  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)  # its ack is now waiting for the writer
+    old.is_closed = True  # the broker closed the connection; RabbitMQ redelivers on the new one
+    new = FakeChannel()
+    deliveries = _deliveries(acker, new, 5)
+    for delivery in deliveries:
+        acker.settle(delivery)  # type: ignore[arg-type]
+    await asyncio.wait_for(acker.flush(), 2)
+    assert new.acked == set(range(1, 6)) and not new.unacked
+    assert old.frames == 0
+
+
+async def test_an_ack_a_live_channel_makes_wait_is_kept() -> None:
+    acker, channel = Acker(write_check_seconds=0.02), FakeChannel()
+    slow = _SlowDelivery(b"x", channel)
+    acker.track(slow)  # type: ignore[arg-type]
+    acker.settle(slow)  # type: ignore[arg-type]
+    await asyncio.sleep(0.1)  # five checks of the wait, the channel open each time
+    assert channel.unacked == {1}
+    slow.room.set()
+    await asyncio.wait_for(acker.flush(), 2)
+    assert channel.acked == {1} and not channel.unacked
