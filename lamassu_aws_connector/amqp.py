@@ -543,9 +543,12 @@ class AmqpGateway:
         self._fleet_channel = channel
 
     async def publish_unconfirmed(self, exchange: str, message: aio_pika.Message) -> None:
-        """Publish on the fanout channel without waiting for a confirm (announcements only)."""
+        """Publish on the fanout channel without waiting for a confirm (announcements only).
+
+        Bounded: a publish that waits for room in the write queue of a connection the broker has
+        closed would otherwise wait forever, and every announcement after it."""
         assert self._fleet_exchange is not None and self._fleet_exchange.name == exchange
-        await self._fleet_exchange.publish(message, routing_key="")
+        await self._fleet_exchange.publish(message, routing_key="", timeout=PUBLISH_TIMEOUT_SECONDS)
 
     async def cancel_consumer(self) -> None:
         if self._queue is not None and self._consumer_tag is not None:

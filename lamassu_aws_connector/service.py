@@ -195,7 +195,8 @@ class Service:
         while True:
             with contextlib.suppress(Exception):  # a sample missed is a gauge a minute old, nothing more
                 if self.amqp.connected:
-                    for name, (ready, _) in (await self.amqp.queue_depths(names)).items():
+                    depths = await asyncio.wait_for(self.amqp.queue_depths(names), interval)
+                    for name, (ready, _) in depths.items():
                         self.metrics.queue_depth.labels("amqp", name).set(ready)
             for queue, dependency in ((command_queue, COMMAND_QUEUE), (response_queue, RESPONSE_QUEUE)):
                 try:
