@@ -42,6 +42,11 @@ from .metrics import Metrics
 log = get_logger(__name__)
 
 MATCHED, ORPHAN, UNSOLICITED = "matched", "orphan", "unsolicited"
+PARKED = "parked"  # in a fleet: no replica claims it yet; orphan unless a command announcement names it soon
+
+# How long a reply that no replica claims waits, in a fleet, for the announcement of its command: a
+# Lambda can answer (and another replica poll the answer) before the sender's announcement arrives.
+FLEET_GRACE_SECONDS = 5.0
 
 
 def correlation_id(event: CloudEvent) -> str:
@@ -57,6 +62,14 @@ class Outstanding:
     event_type: str
     sent_at: float
     owned: bool = True  # sent by this replica (counted here), else announced by another one
+
+
+@dataclass(slots=True)
+class Parked:
+    reply: CloudEvent
+    fields: dict[str, Any]
+    keys: tuple[str, ...]  # the ids it claims and its own id
+    parked_at: float
 
 
 # What a replica announces to the others (fleet.py): (kind, payload).
@@ -84,6 +97,10 @@ class CorrelationTable:
         self._waiters: dict[str, asyncio.Future[CloudEvent]] = {}
         self._announce: Announce | None = None  # set when replicas share outcomes (fleet.py)
         self._owned = 0  # entries this replica sent: the commands_outstanding gauge (sums over replicas)
+        # Replies relayed here that no replica claimed yet, oldest first (fleet only), and their keys.
+        self._parked: OrderedDict[int, Parked] = OrderedDict()
+        self._parked_keys: dict[str, int] = {}
+        self._parked_seq = 0
 
     def join_fleet(self, announce: Announce) -> None:
         """From now on commands and replies are announced to every replica, and replies are
@@ -113,11 +130,12 @@ class CorrelationTable:
         key = correlation_id(event)
         if self._remember(key, event.id, event.type, owned=True) and self._announce is not None:
             self._announce("command", {"key": key, "event_id": event.id, "event_type": event.type})
+            self._unpark(key, event.id)
 
     def on_command_announced(self, key: str, event_id: str, event_type: str) -> None:
         """Another replica sent a tracked command: keep it, so its reply is no orphan here."""
-        if self._config.enabled:
-            self._remember(key, event_id, event_type, owned=False)
+        if self._config.enabled and self._remember(key, event_id, event_type, owned=False):
+            self._unpark(key, event_id)
 
     def _remember(self, key: str, event_id: str, event_type: str, *, owned: bool) -> bool:
         now = self._clock()
@@ -156,10 +174,15 @@ class CorrelationTable:
         if self._announce is not None and self._config.enabled:
             key = self._lookup(reply)
             if key is not None and not self._pending[key].owned:
-                self._remove(key)
-                self._announce("reply", {"reply": reply, "queue": fields.get("queue", "")})
+                self._hand_over(key, reply, fields)
                 return "announced"
         return self._match(reply, fields, relayed_here=True)
+
+    def _hand_over(self, key: str, reply: CloudEvent, fields: dict[str, Any]) -> None:
+        """A reply relayed here answers another replica's command: announce it, its owner counts it."""
+        assert self._announce is not None
+        self._remove(key)
+        self._announce("reply", {"reply": reply, "queue": fields.get("queue", "")})
 
     def _lookup(self, reply: CloudEvent) -> str | None:
         """The outstanding command a reply names: by correlationid, causationid, else its own id (v1)."""
@@ -200,20 +223,62 @@ class CorrelationTable:
         if not relayed_here:
             return "relayed_elsewhere"  # the relaying replica counts what answers nothing
         if candidates or reply.type in ANSWER_TYPES:
-            self._metrics.replies_correlated.labels(ORPHAN).inc()
-            log.warning(
-                "correlation.orphan_reply",
-                **fields,
-                correlation_id=candidates[0] if candidates else reply.id,
-                reason="no outstanding command matches, on any replica (late, or sent before a restart)",
-            )
+            if self._announce is not None:
+                self._park(Parked(reply, fields, (*candidates, reply.id), now))
+                return PARKED
+            self._count_orphan(reply, fields)
             return ORPHAN
         self._metrics.replies_correlated.labels(UNSOLICITED).inc()
         return UNSOLICITED
 
+    def _count_orphan(self, reply: CloudEvent, fields: dict[str, Any]) -> None:
+        candidates = _claimed(reply)
+        self._metrics.replies_correlated.labels(ORPHAN).inc()
+        log.warning(
+            "correlation.orphan_reply",
+            **fields,
+            correlation_id=candidates[0] if candidates else reply.id,
+            reason="no outstanding command matches, on any replica (late, or sent before a restart)",
+        )
+
+    def _park(self, parked: Parked) -> None:
+        while len(self._parked) >= self._config.max_outstanding:
+            self._settle_oldest_parked()
+        self._parked_seq += 1
+        self._parked[self._parked_seq] = parked
+        for key in parked.keys:
+            self._parked_keys.setdefault(key, self._parked_seq)
+
+    def _settle_oldest_parked(self) -> None:
+        _, parked = self._parked.popitem(last=False)
+        self._unindex(parked)
+        self._count_orphan(parked.reply, parked.fields)
+
+    def _unindex(self, parked: Parked) -> None:
+        for key in parked.keys:
+            seq = self._parked_keys.get(key)
+            if seq is not None and self._parked.get(seq) is None:
+                del self._parked_keys[key]
+
+    def _unpark(self, key: str, event_id: str) -> None:
+        """A command just became known here: a parked reply that names it is settled as if it came now."""
+        if not self._parked_keys:
+            return
+        seq = self._parked_keys.get(key, self._parked_keys.get(event_id))
+        parked = self._parked.pop(seq) if seq is not None else None
+        if parked is None:
+            return
+        self._unindex(parked)
+        if self._pending[key].owned:
+            self._match(parked.reply, parked.fields, relayed_here=True)
+        else:
+            self._hand_over(key, parked.reply, parked.fields)
+
     def expire(self, now: float | None = None) -> int:
         """Drop the commands older than the timeout, counting and logging each; returns how many."""
         now = self._clock() if now is None else now
+        while self._parked and next(iter(self._parked.values())).parked_at <= now - FLEET_GRACE_SECONDS:
+            self._settle_oldest_parked()
         cutoff = now - self._config.timeout_seconds
         expired = 0
         while self._pending:
@@ -265,7 +330,7 @@ class CorrelationTable:
             self._sweeper = None
 
     async def _sweep(self) -> None:
-        interval = min(max(self._config.timeout_seconds / 4, 0.05), 5.0)
+        interval = min(max(self._config.timeout_seconds / 4, 0.05), FLEET_GRACE_SECONDS / 2)
         while True:
             await asyncio.sleep(interval)
             self.expire()

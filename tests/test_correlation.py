@@ -16,7 +16,14 @@ import orjson
 import pytest
 
 from lamassu_aws_connector.config import CorrelationConfig
-from lamassu_aws_connector.correlation import MATCHED, ORPHAN, UNSOLICITED, CorrelationTable
+from lamassu_aws_connector.correlation import (
+    FLEET_GRACE_SECONDS,
+    MATCHED,
+    ORPHAN,
+    PARKED,
+    UNSOLICITED,
+    CorrelationTable,
+)
 from lamassu_aws_connector.events import CloudEvent, parse_amqp, parse_structured
 from lamassu_aws_connector.inbound import _trace_context as inbound_trace
 from lamassu_aws_connector.metrics import Metrics
@@ -444,7 +451,7 @@ def test_replicas_count_each_outcome_once_through_announcements() -> None:
     tables[1].command_sent(own)
     assert tables[1].reply_received(ce(event("io.lamassu.iotcore.config.response", "cmd-2")), {}) == MATCHED
     late = ce(event("io.lamassu.iotcore.config.response", "cmd-unknown"))
-    assert tables[1].reply_received(late, {}) == ORPHAN
+    assert tables[1].reply_received(late, {}) == PARKED  # an orphan unless its command is announced soon
     expiring = ce(event("io.lamassu.iotcore.config.request", "cmd-3"))
     tables[2].command_sent(expiring)
     clock.now += 11
@@ -460,4 +467,59 @@ def test_replicas_count_each_outcome_once_through_announcements() -> None:
     assert total("commands_expired_total", event_type="io.lamassu.iotcore.config.request") == 1
     assert total("commands_tracked_total", event_type="io.lamassu.iotcore.config.request") == 3
     assert [kind for _, kind, _ in sent] == ["command", "reply", "command", "command"]  # one reply announced
+    assert all(len(table) == 0 for table in tables)
+
+
+async def test_a_reply_that_overtakes_its_command_announcement_still_reaches_its_owner() -> None:
+    """Replica 2 polls the reply before replica 0's announcement of the command reaches it (a quick
+    Lambda, a loaded broker): the reply waits, and is handed to its owner when the announcement comes."""
+    config = CorrelationConfig(timeout_seconds=30)
+    clock = Clock()
+    metrics = [Metrics() for _ in range(3)]
+    tables = [CorrelationTable(config, m, clock=clock) for m in metrics]
+    in_transit: list[tuple[int, str, dict[str, Any]]] = []  # announcements not delivered yet
+
+    def deliver() -> None:
+        while in_transit:
+            origin, kind, payload = in_transit.pop(0)
+            for index, table in enumerate(tables):
+                if index == origin:
+                    continue
+                if kind == "command":
+                    table.on_command_announced(payload["key"], payload["event_id"], payload["event_type"])
+                else:
+                    table.on_reply_announced(payload["reply"], {}, relayed_here=False)
+
+    for index, table in enumerate(tables):
+        table.join_fleet(lambda kind, payload, origin=index: in_transit.append((origin, kind, payload)))
+    owner_waits = tables[0].wait_for_reply(ce(event("io.lamassu.iotcore.config.request", "cmd-1")))
+    tables[0].command_sent(ce(event("io.lamassu.iotcore.config.request", "cmd-1")))
+    reply = ce(event("io.lamassu.iotcore.config.response", "cmd-1"))
+    assert tables[2].reply_received(reply, {}) == PARKED  # the announcement is still on its way
+    clock.now += FLEET_GRACE_SECONDS / 2
+    deliver()  # the command announcement arrives at 1 and 2; 2 hands the parked reply over; 0 gets it
+    deliver()
+    assert owner_waits.done() and owner_waits.result().id == "cmd-1"
+    # The owner's own reply, polled before SQS's confirm registered the command there.
+    assert tables[1].reply_received(ce(event("io.lamassu.iotcore.config.response", "cmd-2")), {}) == PARKED
+    tables[1].command_sent(ce(event("io.lamassu.iotcore.config.request", "cmd-2")))
+    deliver()
+    # A reply that answers nothing is counted as an orphan once the grace period is over.
+    assert tables[2].reply_received(ce(event("io.lamassu.iotcore.config.response", "cmd-x")), {}) == PARKED
+    clock.now += FLEET_GRACE_SECONDS
+    for table in tables:
+        table.expire()
+    deliver()
+    clock.now += 30  # what the others kept of cmd-2 expires there, uncounted (its owner counted it)
+    for table in tables:
+        table.expire()
+
+    def total(name: str, **labels: str) -> float:
+        return sum(value(m, name, **labels) for m in metrics)
+
+    assert value(metrics[0], "replies_correlated_total", outcome="matched") == 1  # where cmd-1 was sent
+    assert value(metrics[1], "replies_correlated_total", outcome="matched") == 1  # cmd-2
+    assert total("replies_correlated_total", outcome="matched") == 2
+    assert total("replies_correlated_total", outcome="orphan") == 1
+    assert total("commands_expired_total", event_type="io.lamassu.iotcore.config.request") == 0
     assert all(len(table) == 0 for table in tables)
