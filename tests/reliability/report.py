@@ -53,6 +53,20 @@ FINDINGS = """\
   are bounded (scenario 12c: no reconnect at all).
 * A message that killed the process (OOM) was redelivered to the next process forever. Fixed: the
   crash guard dead-letters it as `redelivery_limit` after `amqp.redelivery_limit` deaths (12e).
+* A graceful broker restart could stall the outbound flow for good, with `/readyz` still 200 (about
+  one run of scenario 02 in ten on a loaded 2-core machine; once in CI). aiormq's write queue holds
+  ten frames; the broker's close stops the connection's writer, and an ack waiting for room there
+  waited forever. Every later ack queued behind it, those of the channel opened after the reconnect
+  included, so the new channel's prefetch window filled and nothing more was consumed. Fixed: an
+  ack that waits is checked every 5 s and dropped once its channel is closed (RabbitMQ redelivers
+  those messages); fleet announcements and the depth sample are bounded in time the same way
+  (`test_acks.py::test_an_ack_wedged_on_a_dead_connection_does_not_hold_back_the_next_channel`).
+* Under load, a reply could overtake the announcement of its command (scenario 13 with a loaded
+  machine: a quick Lambda answered and another replica polled the answer before the sender's
+  announcement reached it). That replica counted an orphan and never handed the reply over: the
+  owner's `POST /v1/commands` caller got 504 with the reply in RabbitMQ. Fixed: in a fleet, a reply
+  no replica claims waits up to 5 s for its command's announcement before it counts as an orphan
+  (`test_correlation.py::test_a_reply_that_overtakes_its_command_announcement_still_reaches_its_owner`).
 
 * `amqp.tls.verify` accepted `0`, `"no"`, `"off"`, `"n"`, `"f"` (pydantic's lax booleans) as *false*,
   so a typo or a stray environment value could switch broker verification off. Fixed: only
