@@ -420,6 +420,17 @@ def _response_queue_empty(world: World) -> Any:
     return empty
 
 
+def fan_out(tables: list[CorrelationTable], origin: int, kind: str, payload: dict[str, Any]) -> None:
+    """An announcement reaches every other replica, as fleet.py delivers it through RabbitMQ."""
+    for index, table in enumerate(tables):
+        if index == origin:
+            continue
+        if kind == "command":
+            table.on_command_announced(payload["key"], payload["event_id"], payload["event_type"])
+        else:
+            table.on_reply_announced(payload["reply"], {}, relayed_here=False)
+
+
 def test_replicas_count_each_outcome_once_through_announcements() -> None:
     """Three tables wired by an in-memory fan-out, as fleet.py wires them through RabbitMQ."""
     config = CorrelationConfig(timeout_seconds=10)
@@ -431,13 +442,7 @@ def test_replicas_count_each_outcome_once_through_announcements() -> None:
     def announcer(origin: int) -> Any:
         def announce(kind: str, payload: dict[str, Any]) -> None:
             sent.append((origin, kind, payload))
-            for index, table in enumerate(tables):
-                if index == origin:
-                    continue
-                if kind == "command":
-                    table.on_command_announced(payload["key"], payload["event_id"], payload["event_type"])
-                else:
-                    table.on_reply_announced(payload["reply"], {}, relayed_here=False)
+            fan_out(tables, origin, kind, payload)
 
         return announce
 
@@ -481,14 +486,7 @@ async def test_a_reply_that_overtakes_its_command_announcement_still_reaches_its
 
     def deliver() -> None:
         while in_transit:
-            origin, kind, payload = in_transit.pop(0)
-            for index, table in enumerate(tables):
-                if index == origin:
-                    continue
-                if kind == "command":
-                    table.on_command_announced(payload["key"], payload["event_id"], payload["event_type"])
-                else:
-                    table.on_reply_announced(payload["reply"], {}, relayed_here=False)
+            fan_out(tables, *in_transit.pop(0))
 
     for index, table in enumerate(tables):
         table.join_fleet(lambda kind, payload, origin=index: in_transit.append((origin, kind, payload)))
