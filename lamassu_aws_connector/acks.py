@@ -153,6 +153,7 @@ class Acker:
         would fill and the consumer would stall. So the wait is checked every few seconds: a channel
         closed meanwhile drops the ack (RabbitMQ delivers those messages again); a live one keeps it.
         """
+        waited = 0.0
         while True:
             try:
                 async with asyncio.timeout(self._write_check_seconds):
@@ -161,6 +162,8 @@ class Acker:
             except TimeoutError:
                 if _open_channel_key(delivery) is None:
                     raise ConnectionError("channel closed while its ack waited for the connection's writer") from None
+                waited += self._write_check_seconds
+                log.warning("outbound.ack_waiting", waited_seconds=waited, reason="the broker does not read our frames")
 
     async def flush(self) -> None:
         """Ack everything settled now (stragglers included) and wait until the frames are written."""

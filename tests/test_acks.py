@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 
+from structlog.testing import capture_logs
+
 from lamassu_aws_connector.acks import Acker
 
 from .test_batching import FakeChannel, FakeDelivery
@@ -128,8 +130,10 @@ async def test_an_ack_a_live_channel_makes_wait_is_kept() -> None:
     slow = _SlowDelivery(b"x", channel)
     acker.track(slow)  # type: ignore[arg-type]
     acker.settle(slow)  # type: ignore[arg-type]
-    await asyncio.sleep(0.1)  # five checks of the wait, the channel open each time
+    with capture_logs() as logs:
+        await asyncio.sleep(0.1)  # five checks of the wait, the channel open each time
     assert channel.unacked == {1}
+    assert any(entry["event"] == "outbound.ack_waiting" for entry in logs)  # a broker that does not read is seen
     slow.room.set()
     await asyncio.wait_for(acker.flush(), 2)
     assert channel.acked == {1} and not channel.unacked
