@@ -48,6 +48,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Discriminator,
+    Field,
     RootModel,
     Strict,
     StringConstraints,
@@ -100,6 +101,8 @@ SerialNumberOrEmpty = Annotated[str, StringConstraints(pattern=rf"^(?:{_SERIAL})
 
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
 StrictFlag = Annotated[bool, Strict()]  # true or false only: not 0, 1, "yes"
+# Go's encoding/json writes an int as a JSON integer and refuses "256" or 256.0 for one: so do we.
+GoInt = Annotated[int, Strict()]
 
 
 def _must_be(expected: bool) -> Callable[[bool], bool]:
@@ -620,7 +623,7 @@ class Certificate(_Data):
 
     serial_number: SerialNumber
     status: V3CertificateStatus
-    certificate: Base64PemCertificate | None = None
+    certificate: Base64PemCertificate  # *X509Certificate: never nil for a certificate Lamassu holds
     issuer_metadata: IssuerMetadata | None = None
     metadata: dict[str, Any] | None = None
 
@@ -638,7 +641,7 @@ class CaFlat(_Data):
     certificate: Base64PemCertificate
     issuer_metadata: IssuerMetadata | None = None
     metadata: dict[str, Any] | None = None
-    level: int | None = None
+    level: GoInt | None = None
 
 
 class CaNested(_Data):
@@ -652,7 +655,7 @@ class CaNested(_Data):
     certificate: Certificate
     serial_number: SerialNumber | None = None
     metadata: dict[str, Any] | None = None
-    level: int | None = None
+    level: GoInt | None = None
 
 
 CaShapes = Annotated[
@@ -738,7 +741,7 @@ class IssuanceProfile(_Data):
     id: NonEmpty
     name: str | None = None
     validity: dict[str, Any] | None = None
-    sign_as_ca: bool | None = None
+    sign_as_ca: StrictFlag | None = None
 
 
 class ProfileDelete(_Data):
@@ -758,7 +761,7 @@ class KmsKeyV36(_Data):
 
     id: NonEmpty
     algorithm: str | None = None
-    size: int | None = None
+    size: GoInt | None = None
     public_key: str | None = None
     status: V3CertificateStatus | None = None
 
@@ -772,9 +775,9 @@ class KmsKeyV37(_Data):
     key_id: NonEmpty
     name: str | None = None
     algorithm: str | None = None
-    size: int | None = None
+    size: GoInt | None = None
     public_key: str | None = None
-    has_private_key: bool | None = None
+    has_private_key: StrictFlag | None = None
     aliases: list[str] | None = None
     tags: list[str] | None = None
     metadata: dict[str, Any] | None = None
@@ -848,6 +851,17 @@ class Device(_Data):
     dms_owner: str | None = None
 
 
+class DeviceGroupCriterion(_Data):
+    """models.DeviceGroupFilterOption: ``operand`` is a resources.FilterOperation, an int (0-27 in v3.8.0).
+
+    Source: lamassuiot/lamassuiot v3.8.0 core/pkg/models/device.go, core/pkg/resources/query.go.
+    """
+
+    field: NonEmpty
+    operand: Annotated[int, Strict(), Field(ge=0)]
+    value: str
+
+
 class DeviceGroup(_Data):
     """models.DeviceGroup (v3.8.0+): a named, possibly nested, set of devices selected by criteria.
 
@@ -857,7 +871,7 @@ class DeviceGroup(_Data):
     id: NonEmpty
     name: str | None = None
     parent_id: str | None = None
-    criteria: list[dict[str, Any]] | None = None
+    criteria: list[DeviceGroupCriterion] | None = None
 
 
 class Dms(_Data):

@@ -46,7 +46,7 @@ class CommandApi:
         self._correlation = correlation
         self._metrics = metrics
         self._timeout = timeout_seconds
-        self._expected = f"Bearer {token}".encode() if token else None
+        self._expected = token.encode() if token else None
         self._target: tuple[OutboundPipeline, SqsGateway, QueueInfo] | None = None
 
     def routes(self) -> list[web.RouteDef]:
@@ -59,8 +59,9 @@ class CommandApi:
     def _authorized(self, request: web.Request) -> bool:
         if self._expected is None:  # only possible on a loopback address (config.py)
             return True
-        given = request.headers.get("Authorization", "").encode()
-        return hmac.compare_digest(given, self._expected)
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        # RFC 7235: the scheme is case-insensitive; the token is compared in constant time.
+        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self._expected)
 
     async def post_command(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
@@ -85,8 +86,11 @@ class CommandApi:
         if problem is not None:
             return self._answer("invalid", 400, {"error": ErrorCode.INVALID_DATA.value, "message": problem})
         key = correlation_id(event)
-        if self._correlation.awaited(event):
-            message = "a caller already waits for a reply with this correlation id"
+        if self._correlation.outstanding(event):
+            message = (
+                "a command with this correlation id still awaits its reply (correlation.timeout_seconds); "
+                "use a new id"
+            )
             return self._answer("conflict", 409, {"error": "conflict", "message": message, "correlation_id": key})
         # Registered before anything is awaited, so a second caller with the same id gets 409.
         reply = self._correlation.wait_for_reply(event)

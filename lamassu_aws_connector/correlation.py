@@ -120,6 +120,15 @@ class CorrelationTable:
         """A ``POST /v1/commands`` caller already waits for a reply with this event's correlation id or id."""
         return any(key in self._waiters for key in (correlation_id(event), event.id))
 
+    def outstanding(self, event: CloudEvent) -> bool:
+        """A caller waits for a reply with this event's correlation id or id, or a command sent with it
+        (by the API, from the bus, or by another replica) still awaits its reply: a second command
+        under that id could be answered with the first one's reply."""
+        if self.awaited(event):
+            return True
+        self.expire(self._clock())
+        return any(key in self._pending or key in self._aliases for key in (correlation_id(event), event.id))
+
     def command_sent(self, event: CloudEvent, *, track: bool = False) -> None:
         """SQS confirmed a command: remember it until its reply (a redelivered copy keeps the first time).
 

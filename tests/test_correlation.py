@@ -95,6 +95,20 @@ def test_a_command_with_a_correlationid_is_also_found_by_its_own_id() -> None:
     assert correlations.reply_received(ce(event("x.reply", causationid="req-9")), {}) == MATCHED
 
 
+def test_a_correlation_id_is_outstanding_until_its_reply_or_its_expiry() -> None:
+    correlations, clock, _ = table(command_types=["*"])
+    sent_from_the_bus = ce(event("device.create", "bus-1", correlationid="flow-1"))
+    correlations.command_sent(sent_from_the_bus)
+    correlations.on_command_announced("flow-7", "other-7", "device.create")  # another replica's command
+    for reused in ("flow-1", "bus-1", "flow-7"):
+        assert correlations.outstanding(ce(event("device.create", "api-1", correlationid=reused)))
+    assert not correlations.outstanding(ce(event("device.create", "api-2", correlationid="flow-2")))
+    assert correlations.reply_received(ce(event("x.reply", correlationid="flow-1")), {}) == MATCHED
+    assert not correlations.outstanding(ce(event("device.create", "api-1", correlationid="flow-1")))
+    clock.now += 11  # past timeout_seconds: expired, the id is free again
+    assert not correlations.outstanding(ce(event("device.create", "api-1", correlationid="flow-7")))
+
+
 def test_orphans_and_unsolicited_notifications_are_told_apart() -> None:
     correlations, _, metrics = table()
     assert correlations.reply_received(ce(event("x.reply", correlationid="nobody")), {}) == ORPHAN
@@ -329,15 +343,22 @@ async def test_commands_api_round_trip_invalid_and_timeout(world: World) -> None
                 async with await first as response:
                     assert response.status == 504
                     assert (await response.json())["correlation_id"] == unanswered["id"]
+                # Its caller gave up, but the command still awaits its reply: a second command under
+                # that id could be answered with the first one's late reply.
+                async with session.post(base, data=samples.body(unanswered)) as response:
+                    assert response.status == 409
+                lower_case_scheme = {"Authorization": f"bearer {token}"}  # RFC 7235: the scheme is case-insensitive
+                async with session.post(base, data=b"{}", headers=lower_case_scheme) as response:
+                    assert response.status == 400
         finally:
             lambda_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lambda_task
         assert metric(service, "api_commands", outcome="replied") == 1
-        assert metric(service, "api_commands", outcome="invalid") == 3
+        assert metric(service, "api_commands", outcome="invalid") == 4
         assert metric(service, "api_commands", outcome="timeout") == 1
         assert metric(service, "api_commands", outcome="unauthorized") == 3
-        assert metric(service, "api_commands", outcome="conflict") == 1
+        assert metric(service, "api_commands", outcome="conflict") == 2
         assert metric(service, "replies_correlated", outcome="matched") == 1
     assert len(seen) == 2  # the invalid ones never reached SQS
 
