@@ -319,7 +319,9 @@ class OutboundPipeline:
         self._held[id(delivery)] = size
         if delivery.headers:
             forged = strip_own_headers(delivery.headers)
-            if forged:
+            # A reply this connector relayed (bound back to the events queue by the default "#") carries
+            # its own x-sqs-message-id and is skipped by the loop guard: nothing forged, nothing to say.
+            if forged and delivery.app_id != APP_ID:
                 log.warning("outbound.own_headers_removed", **self._delivery_fields(delivery), headers=forged[:10])
         try:
             await self._budget.acquire(size)
@@ -391,7 +393,8 @@ class OutboundPipeline:
         fields = {"event_id": parsed.id, "event_type": parsed.type, "queue": self._source_queue}
         if parsed.repaired_id:
             self._metrics.events_repaired.inc()
-            log.warning("outbound.id_repaired", **fields, reason="event arrived without an id")
+            # Lamassu v2.0 sends every event with id "": a warning each would drown the log (counted instead).
+            log.debug("outbound.id_repaired", **fields, reason="event arrived without an id")
         if not self._forward(parsed.type):
             await self._skip(delivery, "type_not_forwarded", fields)
             return
