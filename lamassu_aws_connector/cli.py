@@ -21,9 +21,11 @@ from . import __version__, dlq
 from .config import ConfigError, Settings, load_settings
 from .events import ParsedEvent
 from .logs import configure_logging, get_logger
+from .outcomes import ErrorCode
 from .service import Service, StartupError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
+KNOWN_CODES = frozenset(code.value for code in ErrorCode)
 
 _DESCRIPTION = """\
 Bridge Lamassu IoT's RabbitMQ and AWS SQS, at-least-once, both ways.
@@ -116,7 +118,13 @@ def _add_operator_tools(commands: argparse._SubParsersAction[argparse.ArgumentPa
     listing.add_argument("--id", dest="event_id", metavar="ID", help=id_help)
     show = dlq_commands.add_parser("show", help="one dead letter in full (headers, body); it stays")
     show.add_argument("event_id", metavar="ID", help="event id, AMQP message id, or SQS message id (replies)")
-    show.add_argument("--queue", "-q", default="events", help=queue_help)
+    show.add_argument(
+        "--queue",
+        "-q",
+        default=None,
+        help="events (amqp.dead_letter_queue), replies (amqp.reply_dead_letter_queue), or a queue name "
+        "(default: events, then replies)",
+    )
     replay = dlq_commands.add_parser("replay", help="move matching dead letters back; the others stay")
     replay.add_argument("--queue", "-q", default="events", help=queue_help)
     replay.add_argument("--code", help="only this x-error-code (e.g. too_large)")
@@ -203,6 +211,14 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
 
 def _operator_tool(settings: Settings, args: argparse.Namespace) -> int:
     configure_logging("warning", settings.log.format)
+    code = getattr(args, "code", None)
+    if code is not None and code not in KNOWN_CODES:
+        # A typo would otherwise match nothing and look like success ("purged 0").
+        print(
+            f"lamassu-aws-connector: unknown --code {code!r}; dead-letter codes are: {', '.join(sorted(KNOWN_CODES))}",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_CONFIG
     try:
         if args.command == "send":
             return _send(settings, args)
@@ -239,11 +255,18 @@ def _dlq_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _dlq_show(settings: Settings, args: argparse.Namespace) -> int:
-    depth, found = asyncio.run(dlq.show_dead_letters(settings, args.event_id, args.queue))
-    name = dlq.resolve_queue(settings, args.queue)
+    # Without --queue, both dead-letter queues: an id copied from a log line may be an event's or a reply's.
+    queues = [args.queue] if args.queue is not None else ["events", "replies"]
+    looked: list[str] = []
+    for queue in queues:
+        depth, found = asyncio.run(dlq.show_dead_letters(settings, args.event_id, queue))
+        name = dlq.resolve_queue(settings, queue)
+        looked.append(f"{name} ({depth} message(s))")
+        if found:
+            break
     if not found:
         print(
-            f"lamassu-aws-connector: no dead letter with id {args.event_id!r} in {name} ({depth} message(s) looked at)",
+            f"lamassu-aws-connector: no dead letter with id {args.event_id!r} in {' or '.join(looked)}",
             file=sys.stderr,
         )
         return EXIT_FAILED

@@ -88,8 +88,7 @@ class CommandApi:
         key = correlation_id(event)
         if self._correlation.outstanding(event):
             message = (
-                "a command with this correlation id still awaits its reply (correlation.timeout_seconds); "
-                "use a new id"
+                "a command with this correlation id still awaits its reply (correlation.timeout_seconds); use a new id"
             )
             return self._answer("conflict", 409, {"error": "conflict", "message": message, "correlation_id": key})
         # Registered before anything is awaited, so a second caller with the same id gets 409.

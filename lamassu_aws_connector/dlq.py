@@ -45,13 +45,12 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import aio_pika
-import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, DeliveryMode
 from aiormq.exceptions import ProbableAuthenticationError
 
 from .amqp import AmqpGateway, persistent_copy, string_headers
 from .config import APP_ID, Settings, mask_url
-from .events import ParsedEvent, Rejection, parse_amqp, parse_structured
+from .events import ParsedEvent, Rejection, identify, parse_amqp, parse_structured
 from .metrics import Metrics
 from .outcomes import is_own_header
 from .sqs import SqsGateway
@@ -128,14 +127,9 @@ def _text(value: Any) -> str:
 
 def describe(message: AbstractIncomingMessage, now: dt.datetime | None = None, *, is_reply: bool = False) -> DeadLetter:
     headers = message.headers or {}
-    event_type, event_id = _text(message.type), _text(message.message_id)
-    try:
-        event = orjson.loads(message.body)
-    except orjson.JSONDecodeError:
-        event = None
-    if isinstance(event, dict):
-        event_type = _text(event.get("type")) or event_type
-        event_id = _text(event.get("id")) or event_id
+    named = identify(message.body, headers)
+    event_type = named.get("event_type") or _text(message.type)
+    event_id = named.get("event_id") or _text(message.message_id)
     age = None
     stamp = _text(headers.get("x-dead-lettered-at"))
     if stamp:

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .outcomes import ErrorCode
 
-__all__ = ["CloudEvent", "ErrorCode", "ParsedEvent", "Rejection", "parse_amqp", "parse_structured"]
+__all__ = ["CloudEvent", "ErrorCode", "ParsedEvent", "Rejection", "identify", "parse_amqp", "parse_structured"]
 
 
 class Rejection(Exception):
@@ -48,6 +48,8 @@ class Rejection(Exception):
 # deepest real events nest 6 levels; 64 is the default limit of .NET's System.Text.Json and Json.NET
 # readers, far below orjson's re-serialization limit (254) and Python's recursion limit (1000).
 MAX_DEPTH = 64
+# identify() parses a rejected body up to this size to name it in logs; larger ones are only peeked at.
+MAX_IDENTIFY_PARSE_BYTES = 2 * 1024 * 1024
 
 _EXTENSION_NAME = re.compile(r"[a-z0-9]+\Z")
 # ASCII digits only: \d would also match Arabic-Indic or full-width digits, which int() accepts.
@@ -319,6 +321,48 @@ def parse_amqp(
         if attributes is not None:
             return _parse_binary(body, content_type, attributes, repair_missing_id, add_correlation_id)
     return parse_structured(body, repair_missing_id=repair_missing_id, add_correlation_id=add_correlation_id)
+
+
+# For identify(): the first "id" / "type" string member of a body that is not valid JSON (or too large to parse).
+_PEEK_BYTES = 65536
+_PEEK_MEMBER = {
+    name: re.compile(rb'"' + name.encode() + rb'"\s*:\s*"((?:[^"\\]|\\.){0,256})"') for name in ("id", "type")
+}
+_IDENTITY_MAX_CHARS = 200
+
+
+def identify(body: bytes, headers: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Best-effort ``event_id`` and ``event_type`` of a message that was rejected, for its log line and
+    ``dlq list``: from binary-mode headers, else the parsed body, else a peek at its first 64 KiB.
+    Never raises; values are cut to 200 characters. Rejection path only: it may parse the body again."""
+    found: dict[str, str] = {}
+    for key, value in (headers or {}).items():
+        lowered = str(key).lower()
+        for prefix in _BINARY_PREFIXES:
+            name = lowered[len(prefix) :] if lowered.startswith(prefix) else None
+            if name in ("id", "type") and isinstance(value, str | bytes) and value:
+                text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+                found.setdefault(f"event_{name}", text[:_IDENTITY_MAX_CHARS])
+    if len(found) == 2:
+        return found
+    obj: Any = None
+    if len(body) <= MAX_IDENTIFY_PARSE_BYTES:
+        try:
+            obj = orjson.loads(body)
+        except (orjson.JSONDecodeError, RecursionError):
+            obj = None
+    for name in ("id", "type"):
+        if f"event_{name}" in found:
+            continue
+        if isinstance(obj, dict):
+            value = obj.get(name)
+            if isinstance(value, str) and value:
+                found[f"event_{name}"] = value[:_IDENTITY_MAX_CHARS]
+            continue
+        match = _PEEK_MEMBER[name].search(body, 0, _PEEK_BYTES)
+        if match and match.group(1):
+            found[f"event_{name}"] = match.group(1).decode("utf-8", "replace")[:_IDENTITY_MAX_CHARS]
+    return found
 
 
 def forbidden_sqs_character(body: bytes) -> str | None:

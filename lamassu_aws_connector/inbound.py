@@ -37,7 +37,7 @@ from .amqp import AmqpGateway, Outgoing, string_headers
 from .claimcheck import ClaimCheck, Unresolvable
 from .config import APP_ID, Settings
 from .correlation import CorrelationTable
-from .events import ParsedEvent, Rejection, is_w3c_traceparent, parse_structured
+from .events import ParsedEvent, Rejection, identify, is_w3c_traceparent, parse_structured
 from .health import RESPONSE_QUEUE, S3, DependencyHealth, ProgressWatch
 from .logs import get_logger
 from .metrics import Metrics
@@ -423,17 +423,19 @@ class InboundPipeline:
     async def _dead_letter(
         self, item: Received, raw: bytes, code: ErrorCode, reason: str, fields: dict[str, Any] | None = None
     ) -> None:
-        fields = fields or {"queue": self._queue.name}
+        fields = fields or {"queue": self._queue.name, **identify(raw)}
         dlq = self._settings.amqp.reply_dead_letter_queue
         provenance = {
             "x-sqs-message-id": item.sqs_message_id,
             "x-sqs-receive-count": str(item.receive_count),
             "x-sqs-queue": self._queue.name,
         }
-        attributes = {
-            f"x-sqs-attribute-{name}": value["StringValue"]
-            for name, value in item.message.get("MessageAttributes", {}).items()
+        # A Binary attribute cannot be a header value here: it is named in the dropped-headers note.
+        attributes: dict[str, str | None] = {
+            f"x-sqs-attribute-{name}": value.get("StringValue")
             if value.get("DataType", "").startswith(("String", "Number")) and isinstance(value.get("StringValue"), str)
+            else None
+            for name, value in item.message.get("MessageAttributes", {}).items()
         }
         headers: dict[str, Any] = dead_letter_headers(code.value, reason, provenance, droppable=attributes)
         message = aio_pika.Message(body=raw, headers=headers, delivery_mode=DeliveryMode.PERSISTENT, app_id=APP_ID)

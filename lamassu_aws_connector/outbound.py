@@ -38,7 +38,14 @@ from .claimcheck import Abandoned, ClaimCheck
 from .config import APP_ID, Settings
 from .correlation import CorrelationTable, correlation_id
 from .crashguard import CrashGuard, content_key
-from .events import ParsedEvent, Rejection, forbidden_sqs_character, is_w3c_traceparent, parse_amqp
+from .events import (
+    ParsedEvent,
+    Rejection,
+    forbidden_sqs_character,
+    identify,
+    is_w3c_traceparent,
+    parse_amqp,
+)
 from .health import COMMAND_QUEUE, DependencyHealth, ProgressWatch
 from .logs import get_logger
 from .metrics import OTHER_TYPE, Metrics
@@ -693,6 +700,8 @@ class OutboundPipeline:
 
     async def _dead_letter(self, delivery: Consumed, code: ErrorCode, reason: str, fields: dict[str, Any]) -> None:
         """Publish to the dead-letter queue (confirmed), then ack. Retries while the channel lives."""
+        if "event_id" not in fields:  # rejected before it was parsed: name it as far as it can be read
+            fields = {**identify(delivery.body, delivery.headers), **fields}
         fields = {**self._delivery_fields(delivery), **fields}
         dlq = self._settings.amqp.dead_letter_queue
 

@@ -282,7 +282,7 @@ def dead_letter_headers(
     provenance: Mapping[str, str],
     original: Mapping[str, Any] | None = None,
     *,
-    droppable: Mapping[str, str] | None = None,
+    droppable: Mapping[str, str | None] | None = None,
     now: dt.datetime | None = None,
 ) -> dict[str, str]:
     """The headers of a dead-letter copy, for both dead-letter queues; always fits in a frame.
@@ -290,7 +290,8 @@ def dead_letter_headers(
     ``provenance``: what the connector knows of where the message came from (``x-original-*``,
     ``x-sqs-*``), always kept. ``original``: the message's own headers, kept for the operator and
     for replay, except names in the connector's namespaces (the copy writes those itself).
-    ``droppable``: more of the connector's own (a reply's SQS attributes). Every value is a string
+    ``droppable``: more of the connector's own (a reply's SQS attributes; None: one that cannot be a
+    header, such as a Binary attribute, only named in the note). Every value is a string
     (Lamassu v2.5+ consumers accept nothing else), cut at 4 KiB; if the whole still exceeds 32 KiB
     the largest of ``original`` and ``droppable`` are left out and named in
     ``x-dead-letter-dropped-headers``. The body is never touched: it alone is what replay needs.
@@ -308,11 +309,13 @@ def dead_letter_headers(
         if is_own_header(key) or len(key.encode()) > SHORTSTR_MAX_BYTES:
             continue
         kept[key] = _utf8_cut(_header_text(value), HEADER_VALUE_MAX_BYTES)
+    dropped: list[str] = []
     for name, value in (droppable or {}).items():
-        if len(name.encode()) <= SHORTSTR_MAX_BYTES:
+        if value is None or len(name.encode()) > SHORTSTR_MAX_BYTES:
+            dropped.append(_utf8_cut(name, 64))
+        else:
             kept[name] = _utf8_cut(value, HEADER_VALUE_MAX_BYTES)
     budget = HEADERS_MAX_BYTES - headers_size(own) - 512  # room for the note itself
-    dropped: list[str] = []
     size = headers_size(kept)
     for name in sorted(kept, key=lambda n: len(kept[n].encode()), reverse=True):
         if size <= budget:

@@ -147,11 +147,14 @@ class World:
         content_type: str | None = None,
         headers: dict[str, Any] | None = None,
         app_id: str | None = None,
+        message_id: str | None = None,
     ) -> None:
         """Publish like a Lamassu service; ``exchange=""`` is the v1 default-exchange path."""
         channel = await self.channel()
         target = channel.default_exchange if exchange == "" else await channel.get_exchange(exchange or self.exchange)
-        message = aio_pika.Message(body, content_type=content_type, headers=headers, app_id=app_id)
+        message = aio_pika.Message(
+            body, content_type=content_type, headers=headers, app_id=app_id, message_id=message_id
+        )
         await target.publish(message, routing_key=routing_key or self.queue if exchange == "" else routing_key)
 
     async def queue_depth(self, name: str) -> int:

@@ -267,6 +267,9 @@ async def test_show_purge_and_the_id_filter(world: World, tmp_path: Path) -> Non
     assert detail.letter.event_id == "a-3" and detail.headers["x-error-code"] == "too_large"
     missing = cli(settings, tmp_path, "dlq", "show", "nope")
     assert missing.returncode == 1 and "no dead letter with id 'nope'" in missing.stderr
+    # Without --queue, an id copied from an inbound.dead_lettered line is found among the replies too.
+    shown = cli(settings, tmp_path, "dlq", "show", "sqs-msg-9")
+    assert shown.returncode == 0 and "x-sqs-message-id: sqs-msg-9" in shown.stdout, shown.stderr
     assert await world.queue_depth(world.dlq) == 4 and await world.queue_depth(world.reply_dlq) == 1
 
     # purge: without --yes it only says what it would delete; with it, only what matches goes.
@@ -275,6 +278,8 @@ async def test_show_purge_and_the_id_filter(world: World, tmp_path: Path) -> Non
     assert await world.queue_depth(world.dlq) == 4
     with pytest.raises(dlq.ToolError, match="--code or --id"):  # no filter: refused (the CLI exits 2)
         await dlq.purge(settings)
+    typo = cli(settings, tmp_path, "dlq", "purge", "--code", "too-large", "--yes")  # matches nothing: refused
+    assert typo.returncode == 2 and "unknown --code 'too-large'" in typo.stderr and "too_large" in typo.stderr
     purged = cli(settings, tmp_path, "dlq", "purge", "--code", "too_large", "--id", "a-2", "--yes")
     assert purged.returncode == 0 and "purged 1, kept 3 (of 4 seen)" in purged.stdout
     assert [x.event_id for x in (await dlq.list_dead_letters(settings))[1]] == ["a-1", "a-2", "a-3"]  # order kept

@@ -29,6 +29,7 @@ from lamassu_aws_connector.events import (
     _rfc3339_details,
     derive_id,
     forbidden_sqs_character,
+    identify,
     parse_amqp,
     parse_structured,
 )
@@ -719,3 +720,18 @@ def test_binary_mode_text_data_in_a_bad_charset_is_rejected(
 ) -> None:
     rejection = _rejection(body, content_type, dict(_HEADERS))
     assert (rejection.code, rejection.message) == (code, message)
+
+
+def test_identify_names_a_rejected_message_as_far_as_it_can_be_read() -> None:
+    assert identify(b'{"id": "e-1", "type": "ca.create", "time": "never"}') == {
+        "event_id": "e-1",
+        "event_type": "ca.create",
+    }
+    assert identify(b'\xef\xbb\xbf{"type":"a\\"b","id":"e-2"') == {"event_id": "e-2", "event_type": 'a\\"b'}
+    assert identify(b'{"id": 7, "type": ["x"]}') == {}  # parsed: only strings count
+    assert identify(b"[1, 2]") == {} and identify(b"") == {} and identify(bytes(range(256))) == {}
+    huge = b'{"id":"big-1","type":"ca.create","data":"' + b"x" * (3 * 1024 * 1024) + b'"}'
+    assert identify(huge) == {"event_id": "big-1", "event_type": "ca.create"}  # peeked at, not parsed
+    headers = {"cloudEvents:id": b"bin-1", "ce-type": "ca.update", "ce-specversion": "1.0"}
+    assert identify(b"\xff", headers) == {"event_id": "bin-1", "event_type": "ca.update"}
+    assert identify(b'{"id": "' + b"i" * 500 + b'"}')["event_id"] == "i" * 200

@@ -125,13 +125,15 @@ async def test_bad_replies_are_dead_lettered_once_and_deleted(world: World) -> N
         "specversion 0.3": (samples.BAD_BODIES["specversion_03"][0], "invalid_attribute"),
     }
     await bind_observer(world, "#")
-    async with running(world.settings()) as service:
-        sqs_ids = await send_replies(world, [raw for raw, _ in bad.values()])
-        dead = await world.take_amqp(world.reply_dlq, len(bad))
-        await wait_for(lambda: _sqs_empty(world), what="SQS response queue empty")
-        assert metric(service, "replies_relayed") == 0
-        assert await world.queue_depth(f"t{world.tag}.observer") == 0
+    with capture_logs() as logs:
+        async with running(world.settings()) as service:
+            sqs_ids = await send_replies(world, [raw for raw, _ in bad.values()])
+            dead = await world.take_amqp(world.reply_dlq, len(bad))
+            await wait_for(lambda: _sqs_empty(world), what="SQS response queue empty")
+            assert metric(service, "replies_relayed") == 0
+            assert await world.queue_depth(f"t{world.tag}.observer") == 0
     by_body = {message.body: message for message in dead}
+    lines = {line["sqs_message_id"]: line for line in logs if line["event"] == "inbound.dead_lettered"}
     for (raw, code), sqs_id in zip(bad.values(), sqs_ids, strict=True):
         headers = by_body[raw].headers or {}
         assert headers["x-error-code"] == code
@@ -139,6 +141,11 @@ async def test_bad_replies_are_dead_lettered_once_and_deleted(world: World) -> N
         assert headers["x-sqs-message-id"] == sqs_id
         assert headers["x-sqs-receive-count"] == "1"
         assert headers["x-sqs-queue"] == world.response_queue
+        assert lines[sqs_id]["error_code"] == code
+    # The log line names the reply as far as it can be read.
+    time_js = orjson.loads(samples.BAD_BODIES["time_js"][0])
+    assert (lines[sqs_ids[2]]["event_id"], lines[sqs_ids[2]]["event_type"]) == (time_js["id"], time_js["type"])
+    assert "event_id" not in lines[sqs_ids[0]]
 
 
 async def test_unroutable_reply_stays_in_sqs_then_is_dead_lettered(world: World) -> None:

@@ -12,6 +12,7 @@ import pytest
 from cloudevents.core.bindings import rabbitmq as sdk_rabbitmq
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent as SdkCloudEvent
+from structlog.testing import capture_logs
 
 from lamassu_aws_connector.amqp import _DeliveryQueue
 from lamassu_aws_connector.config import APP_ID
@@ -131,17 +132,35 @@ async def test_malformed_input_is_dead_lettered_with_its_code(world: World) -> N
     cases["binary_nested_300_deep"] = (b"[" * 300 + b"]" * 300, "invalid_json", "application/json", binary_deep)
     good = samples.body(samples.v1_cert_update())
 
-    async with running(world.settings()) as service:
-        for name, (raw, _code, content_type, headers) in cases.items():
-            await world.publish(raw, exchange="", content_type=content_type, headers={**headers, "x-test-case": name})
-        await world.publish(good, exchange="", content_type="text/json")
-        dead = await world.take_amqp(world.dlq, len(cases))
-        forwarded = await world.take_sqs(world.command_queue, 1)
-        await wait_for(lambda: metric(service, "events_consumed") == len(cases) + 1, what="all consumed")
-        assert await world.queue_depth(world.queue) == 0
-        for code in {code for _raw, code, _ct, _h in cases.values()}:
-            expected = sum(1 for _raw, c, _ct, _h in cases.values() if c == code)
-            assert metric(service, "events_dead_lettered", code=code) == expected, code
+    with capture_logs() as logs:
+        async with running(world.settings()) as service:
+            for name, (raw, _code, content_type, headers) in cases.items():
+                published = {**headers, "x-test-case": name}
+                await world.publish(raw, exchange="", content_type=content_type, headers=published, message_id=name)
+            await world.publish(good, exchange="", content_type="text/json")
+            dead = await world.take_amqp(world.dlq, len(cases))
+            forwarded = await world.take_sqs(world.command_queue, 1)
+            await wait_for(lambda: metric(service, "events_consumed") == len(cases) + 1, what="all consumed")
+            assert await world.queue_depth(world.queue) == 0
+            for code in {code for _raw, code, _ct, _h in cases.values()}:
+                expected = sum(1 for _raw, c, _ct, _h in cases.values() if c == code)
+                assert metric(service, "events_dead_lettered", code=code) == expected, code
+    # Each dead letter's log line names the event as far as it can be read (README: id, type, routing key, code).
+    lines = {line["message_id"]: line for line in logs if line["event"] == "outbound.dead_lettered"}
+    assert set(lines) == set(cases)
+    named = {name: (line.get("event_id"), line.get("event_type")) for name, line in lines.items()}
+    v1_update = samples.v1_ca_update()
+    assert named["bom"] == (v1_update["id"], v1_update["type"])  # not JSON (a BOM): read from its first bytes
+    assert named["truncated"] == (None, None)  # cut inside its id
+    assert named["time_js"] == (v1_update["id"], v1_update["type"])  # JSON, not a valid CloudEvent
+    assert named["too_large"] == (oversized["id"], oversized["type"])
+    assert named["duplicate_member"] == ("dup", "device.create")  # what a last-wins reader sees
+    assert named["nested_5000_deep"] == ("deeper", "t")
+    assert named["binary_nested_300_deep"] == ("binary-deep", binary_deep["ce-type"])  # from its ce- headers
+    assert named["array"] == (None, None)
+    assert all(
+        line["routing_key"] == world.queue and line["error_code"] == cases[name][1] for name, line in lines.items()
+    )
 
     assert forwarded[0]["Body"] == good.decode()
     assert await world.sqs_count(world.command_queue) == 0

@@ -216,6 +216,12 @@ def test_dead_letter_headers_always_fit_in_a_frame() -> None:
 def test_dead_letter_headers_drop_names_amqp_cannot_carry() -> None:
     headers = dead_letter_headers("c", "m", {}, {"n" * 300: "v", "ok": "v"}, now=NOW)
     assert "ok" in headers and not any(len(name) > 255 for name in headers)
+    # A reply's attributes that cannot be headers (a Binary one, a name too long) are named, not lost silently.
+    droppable = {"x-sqs-attribute-blob": None, "x-sqs-attribute-" + "a" * 250: "v", "x-sqs-attribute-k": "v"}
+    headers = dead_letter_headers("c", "m", {}, droppable=droppable, now=NOW)
+    assert headers["x-sqs-attribute-k"] == "v" and "x-sqs-attribute-blob" not in headers
+    noted = headers[DROPPED_HEADERS_NOTE].split(",")
+    assert "x-sqs-attribute-blob" in noted and any(name.startswith("x-sqs-attribute-aaaa") for name in noted)
 
 
 # ------------------------------------------------------------------------------------------------
