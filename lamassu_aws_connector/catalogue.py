@@ -1034,6 +1034,12 @@ class EventSpec:
             "direction": self.direction.value,
             "kind": self.kind.value,
             "fields": self.fields,
+            "shapes": [
+                variant
+                for variant in _shape_variants(self.model)
+                # The v2.4.0-v2.5.0 names were gone before the nested shapes came.
+                if self.generation is not Generation.V2_4 or variant["shape"].startswith("v2.4")
+            ],
             "answers": self.answers,
             "summary": self.summary,
             "note": self.note,
@@ -1047,6 +1053,39 @@ def _fields_of(model: type[BaseModel]) -> list[str]:
     for shape in _shapes_of(model):
         names.update(dict.fromkeys(_fields_of(shape)))
     return list(names) or ["(see schema)"]
+
+
+def _shape_variants(model: type[BaseModel], path: str = "data", depth: int = 0) -> list[dict[str, Any]]:
+    """Where the data's shape changed between Lamassu releases: each variant with its releases and fields,
+    e.g. ``{"at": "data.updated", "shape": "v3.2+", "model": "CaNested", "fields": [...]}``."""
+    if depth > 4:
+        return []
+    variants: list[dict[str, Any]] = []
+    if issubclass(model, RootModel):
+        root = model.model_fields["root"]
+        if any(isinstance(meta, Discriminator) for meta in root.metadata):
+            for member in typing.get_args(root.annotation):
+                if typing.get_origin(member) is not Annotated:
+                    continue
+                inner, *metadata = typing.get_args(member)
+                tags = [meta.tag for meta in metadata if isinstance(meta, Tag)]
+                if tags and isinstance(inner, type) and issubclass(inner, BaseModel):
+                    shape = tags[0].removeprefix(_SHAPE_TAG_PREFIX)
+                    variants.append({"at": path, "shape": shape, "model": inner.__name__, "fields": _fields_of(inner)})
+        return variants
+    for name, field in model.model_fields.items():
+        for candidate in _models_in(field.annotation):
+            variants.extend(_shape_variants(candidate, f"{path}.{name}", depth + 1))
+    return variants
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for argument in typing.get_args(annotation):
+        found.extend(_models_in(argument))
+    return found
 
 
 def _shapes_of(model: type[BaseModel]) -> list[type[BaseModel]]:

@@ -3,13 +3,15 @@
 ``events`` lists the known types; ``events --schemas DIR`` writes one JSON Schema per type (the
 committed copy lives in ``docs/events/``). ``validate FILE...`` checks event files as the daemon
 would: the CloudEvents envelope, then the data of a known type against its catalogue model. ``-``
-reads one event from standard input. Every file gets its line, whatever happened to the others.
+reads standard input (one or more events); a directory stands for its ``*.json`` files. Every event
+gets its line, whatever happened to the others.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -46,11 +48,15 @@ def render_schema(schema: dict[str, object]) -> str:
 
 
 def validate_files(paths: list[str], out: TextIO = sys.stdout, stdin: BinaryIO | None = None) -> int:
-    """One line per file (``-`` is standard input); 0 when every file is valid, 1 otherwise."""
+    """One line per event; 0 when every one is valid, 1 otherwise.
+
+    A directory stands for its ``*.json`` files; ``-`` is standard input, which may hold several
+    events one after the other (``cat *.json | validate -``): each gets its own line, ``-[2]``...
+    """
     failures = 0
-    for name in paths:
+    for name, body in _inputs(paths, stdin):
         try:
-            verdict = _verdict(name, stdin)
+            verdict = body if isinstance(body, str) else _verdict(body)
         except Exception as exc:  # a bug must not hide the verdicts on the files after this one
             verdict = f"invalid: internal_error: {type(exc).__name__}: {exc}"
         if not verdict.startswith("ok"):
@@ -59,11 +65,60 @@ def validate_files(paths: list[str], out: TextIO = sys.stdout, stdin: BinaryIO |
     return 1 if failures else 0
 
 
-def _verdict(name: str, stdin: BinaryIO | None) -> str:
+def _inputs(paths: list[str], stdin: BinaryIO | None) -> Iterator[tuple[str, bytes | str]]:
+    """(name, body) per event to check, or (name, verdict) when there is nothing to check."""
+    for name in paths:
+        if name == "-":
+            documents = split_documents((stdin or sys.stdin.buffer).read())
+            if len(documents) == 1:
+                yield name, documents[0]
+            else:
+                for number, document in enumerate(documents, 1):
+                    yield f"-[{number}]", document
+            continue
+        path = Path(name)
+        if path.is_dir():
+            files = sorted(path.glob("*.json"))
+            if not files:
+                yield name, "invalid: a directory without *.json files"
+            for file in files:
+                yield from _read(str(file))
+            continue
+        yield from _read(name)
+
+
+def _read(name: str) -> Iterator[tuple[str, bytes | str]]:
     try:
-        body = (stdin or sys.stdin.buffer).read() if name == "-" else Path(name).read_bytes()
+        yield name, Path(name).read_bytes()
     except OSError as exc:
-        return f"invalid: cannot read the file: {exc.strerror}"
+        yield name, f"invalid: cannot read the file: {exc.strerror}"
+
+
+def split_documents(data: bytes) -> list[bytes]:
+    """Consecutive JSON documents (pretty-printed or one per line) as their own bytes; what cannot be
+    split (not UTF-8, not JSON, too deep to scan) stays one document, for the parser to reject clearly."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return [data]
+    decoder = json.JSONDecoder()
+    documents: list[bytes] = []
+    position = 0
+    while True:
+        while position < len(text) and text[position] in " \t\r\n":
+            position += 1
+        if position >= len(text):
+            return documents or [data]
+        try:
+            _, end = decoder.raw_decode(text, position)
+        except (ValueError, RecursionError):
+            documents.append(text[position:].encode())
+            return documents
+        documents.append(text[position:end].encode())
+        position = end
+
+
+def _verdict(body: bytes) -> str:
     try:
         parsed = parse_structured(body.rstrip(b"\r\n"), repair_missing_id=False)
     except Rejection as rejection:

@@ -163,7 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         print(__version__)
         return EXIT_OK
     if args.command in ("events", "validate"):
-        return _catalogue_command(args)
+        try:
+            return _catalogue_command(args)
+        except BrokenPipeError:  # `events | head`: the reader has what it wanted
+            # Python would report the pipe again when it flushes stdout at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_OK
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:

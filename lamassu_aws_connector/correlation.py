@@ -89,6 +89,13 @@ class CorrelationTable:
         # Metric labels: catalogue types and command types configured by name; anything else is
         # "other", so no caller or publisher can grow the label series without bound.
         self._named = frozenset(t for t in config.command_types or () if not any(c in t for c in "*?["))
+        if config.enabled:  # the series exist at 0 from the start, so "expired == 0" is an answer, not a gap
+            labels = self._named if config.command_types is not None else REPLY_EXPECTED
+            if config.command_types is not None and len(self._named) < len(config.command_types):
+                labels = labels | {"other"}
+            for label in labels:
+                for counter in (metrics.commands_tracked, metrics.commands_expired, metrics.commands_evicted):
+                    counter.labels(label)
         # Insertion order is send order, so the oldest entry is always first: expiry is O(expired).
         self._pending: OrderedDict[str, Outstanding] = OrderedDict()
         self._aliases: dict[str, str] = {}  # command id -> key, when the key is a correlationid

@@ -177,12 +177,14 @@ class InboundPipeline:
                 elif await self._until_stopping(self._batch_slots.acquire()) is None:
                     continue  # stopping
                 try:
-                    messages = await self._until_stopping(
-                        self._sqs.receive(
-                            self._queue,
-                            wait_seconds=self._settings.sqs.wait_time_seconds,
-                            visibility_timeout=self._settings.sqs.visibility_timeout,
-                        )
+                    # Not cut short by a stop: SQS may already have handed this poll its messages (a
+                    # long poll abandoned by the client still takes them), which would then stay
+                    # invisible for the visibility timeout. A stop waits for it, at most
+                    # wait_time_seconds, and relays what it brings (bounded by shutdown.grace_seconds).
+                    messages = await self._sqs.receive(
+                        self._queue,
+                        wait_seconds=self._settings.sqs.wait_time_seconds,
+                        visibility_timeout=self._settings.sqs.visibility_timeout,
                     )
                 except BaseException:
                     self._batch_slots.release()

@@ -657,11 +657,22 @@ def test_listing_rows_carry_generation_releases_and_kind() -> None:
         "direction": "command",
         "kind": "event",
         "fields": None,
+        "shapes": [],
         "answers": None,
         "summary": "a CA's issuance profile changed",
         "note": None,
     }
     assert rows["ca.update.status"]["releases"] == "v2.4.0-v2.5.0"
+    # Where a shape changed between releases, the listing says which shape belongs to which releases.
+    assert [(v["at"], v["shape"]) for v in rows["ca.status.update"]["shapes"]] == [
+        ("data.previous", "v3.2+"),
+        ("data.previous", "v2.4-v3.1"),
+        ("data.updated", "v3.2+"),
+        ("data.updated", "v2.4-v3.1"),
+    ]
+    assert [v["shape"] for v in rows["ca.update.status"]["shapes"]] == ["v2.4-v3.1", "v2.4-v3.1"]  # gone by v3.2
+    assert [v["model"] for v in rows["kms.create"]["shapes"]] == ["KmsKeyV37", "KmsKeyV36"]
+    assert rows["device.create"]["shapes"] == []
     assert rows["audit.*"]["kind"] == "audit" and rows["*.error"]["kind"] == "error"
     assert "private key" in (rows["io.lamassuiot.dms.create"]["note"] or "")
     listed = json.loads(cli("events", "--json").stdout)

@@ -109,6 +109,18 @@ def test_a_correlation_id_is_outstanding_until_its_reply_or_its_expiry() -> None
     assert not correlations.outstanding(ce(event("device.create", "api-1", correlationid="flow-7")))
 
 
+def test_command_counters_exist_at_zero_for_every_tracked_label() -> None:
+    _, _, metrics = table()
+    for command in ("io.lamassu.iotcore.config.request", "io.lamassu.iotcore.thing.config.request"):
+        for name in ("commands_tracked_total", "commands_expired_total", "commands_evicted_total"):
+            assert metrics.registry.get_sample_value(f"lamassu_connector_{name}", {"event_type": command}) == 0.0
+    _, _, custom = table(command_types=["custom.ping", "custom.*"])
+    for label in ("custom.ping", "other"):
+        assert (
+            custom.registry.get_sample_value("lamassu_connector_commands_expired_total", {"event_type": label}) == 0.0
+        )
+
+
 def test_orphans_and_unsolicited_notifications_are_told_apart() -> None:
     correlations, _, metrics = table()
     assert correlations.reply_received(ce(event("x.reply", correlationid="nobody")), {}) == ORPHAN

@@ -12,6 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from lamassu_aws_connector.config import APP_ID
+from lamassu_aws_connector.service import Service
 
 from . import samples
 from .conftest import AMQP_URL, World, running, wait_for
@@ -231,3 +232,22 @@ async def test_idle_pollers_long_poll_instead_of_spinning(world: World) -> None:
         made = (calls("lamassu_connector_sqs_calls_total", {"operation": "ReceiveMessage"}) or 0) - start
     # Two pollers, 2 s long polls, 4 s window: about 4-6 calls; a busy loop would make hundreds.
     assert 2 <= made <= 8
+
+
+async def test_a_stop_relays_what_the_long_poll_in_flight_brings(world: World) -> None:
+    """SQS hands a message to a long poll even if its client gave up on it, and that message then stays
+    invisible for the visibility timeout: a graceful stop waits for the poll and relays what it brings."""
+    observer = await bind_observer(world)
+    settings = world.settings(sqs={"wait_time_seconds": 5, "pollers": 1})
+    service = Service(settings)
+    task = asyncio.create_task(service.run())
+    await asyncio.wait_for(service.started.wait(), 30)
+    polls = service.metrics.registry.get_sample_value
+    await wait_for(lambda: (polls("lamassu_connector_sqs_calls_total", {"operation": "ReceiveMessage"}) or 0) >= 1)
+    await asyncio.sleep(0.5)  # the poll's request reaches SQS (shorter only makes this test weaker, never red)
+    service.request_stop()
+    await send_replies(world, [config_response("during-stop")])
+    assert await asyncio.wait_for(task, 20) == 0
+    [relayed] = await world.take_amqp(observer.name, 1, timeout=5)
+    assert orjson.loads(relayed.body)["id"] == "during-stop"
+    assert await world.sqs_count(world.response_queue) == 0  # deleted, not left invisible
