@@ -196,6 +196,42 @@ def test_validate_reads_one_event_from_stdin() -> None:
     assert bad.stdout.startswith("-: invalid: invalid_data: data.status")
 
 
+def test_validate_takes_a_directory_and_several_events_on_stdin(tmp_path: Path) -> None:
+    paths = sorted(EXAMPLES.glob("*.json"))
+    whole = cli("validate", str(EXAMPLES))  # a directory stands for its *.json files (README.md is not one)
+    assert whole.returncode == 0, whole.stdout
+    assert [line.split(": ok: ")[0] for line in whole.stdout.splitlines()] == [str(path) for path in paths]
+    empty = cli("validate", str(tmp_path))
+    assert empty.returncode == 1 and "a directory without *.json files" in empty.stdout
+    # `cat *.json | validate -`: one line per event, the bad one named by its position.
+    events = [path.read_text() for path in paths[:3]]
+    events[1] = events[1].replace('"specversion": "1.0"', '"specversion": "0.3"', 1)
+    piped = subprocess.run(
+        [sys.executable, "-m", "lamassu_aws_connector", "validate", "-"],
+        input="".join(events) + '{"compact": true}\n',
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    lines = piped.stdout.splitlines()
+    assert piped.returncode == 1 and [line.split(":")[0] for line in lines] == ["-[1]", "-[2]", "-[3]", "-[4]"]
+    assert ": ok: " in lines[0] and ": ok: " in lines[2]
+    assert "invalid: invalid_attribute" in lines[1] and "invalid: not_cloudevent" in lines[3]
+
+
+def test_events_into_a_closed_pipe_exits_quietly() -> None:
+    piped = subprocess.run(
+        f"{sys.executable} -m lamassu_aws_connector events | head -n 1",
+        shell=True,  # noqa: S602 - a fixed command line: the pipe is the point
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert piped.stdout.startswith("TYPE") and piped.stderr == ""
+
+
 def test_examples_are_valid_lamassu_v3_events_of_the_main_types() -> None:
     paths = sorted(EXAMPLES.glob("*.json"))
     types = {path.stem for path in paths}
