@@ -25,7 +25,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiormq
@@ -293,6 +293,26 @@ class TlsError(Exception):
     """The broker's certificate (or ours) is not accepted: a configuration problem, not an outage."""
 
 
+class VhostRefused(ConnectionError):
+    """RabbitMQ closed the connection at Connection.Open: the virtual host does not exist, or the user
+    may not use it (530 NOT_ALLOWED). aiormq reports it as an unexpected frame."""
+
+
+def vhost_refusal(exc: BaseException, url: str) -> VhostRefused | None:
+    """The refusal of the URL's virtual host hidden in ``exc``, as a sentence an operator can act on."""
+    for error in exception_chain(exc):
+        text = str(error)
+        if isinstance(error, aiormq.exceptions.InvalidFrameError) and "Connection.OpenOk" in text:
+            parts = urlsplit(url)
+            vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+            return VhostRefused(
+                f"RabbitMQ refused virtual host {vhost!r} to user {unquote(parts.username or 'guest')!r}: it does "
+                "not exist or the user has no permission on it (rabbitmqctl add_vhost / set_permissions, or fix "
+                "the path of amqp.url)"
+            )
+    return None
+
+
 def _transient_connect_error(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionError | OSError | asyncio.TimeoutError)
 
@@ -402,6 +422,10 @@ class AmqpGateway:
                     failure = _tls_failure(exc)
                     if failure is not None:
                         raise TlsError(f"TLS handshake with {mask_url(self._config.url)} failed: {failure}") from exc
+                    # Retried like a refused login: the vhost may be about to be provisioned.
+                    refused = vhost_refusal(exc, self._config.url)
+                    if refused is not None:
+                        raise refused from exc
                     raise
         assert self.connection is not None
         self._metrics.amqp_connected.set(1)

@@ -48,7 +48,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, DeliveryMode
 from aiormq.exceptions import ProbableAuthenticationError
 
-from .amqp import AmqpGateway, persistent_copy, string_headers
+from .amqp import AmqpGateway, persistent_copy, string_headers, vhost_refusal
 from .config import APP_ID, Settings, mask_url
 from .events import ParsedEvent, Rejection, identify, parse_amqp, parse_structured
 from .metrics import Metrics
@@ -233,6 +233,9 @@ async def probe_amqp(settings: Settings, wait_seconds: float = 10.0) -> str:
     except ProbableAuthenticationError as exc:
         raise ToolError(f"RabbitMQ at {host}:{port} refused the login: {masked_error(settings, exc)}") from None
     except Exception as exc:
+        refused = vhost_refusal(exc, settings.amqp.url)
+        if refused is not None:
+            raise ToolError(f"{refused} (at {host}:{port})") from None
         raise ToolError(f"RabbitMQ at {host}:{port}: {type(exc).__name__}: {masked_error(settings, exc)}") from None
     try:
         transport: Any = connection.transport

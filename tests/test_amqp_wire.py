@@ -15,6 +15,7 @@ from unittest import mock
 
 import aiormq.abc
 import aiormq.connection
+import aiormq.exceptions
 import pamqp.frame
 import pytest
 from aio_pika.abc import DeliveryMode
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 from pamqp import body, commands, header, heartbeat
 
 from lamassu_aws_connector import amqp  # noqa: F401 - importing it installs the reader
+from lamassu_aws_connector.amqp import vhost_refusal
 from lamassu_aws_connector.amqp_wire import (
     AiormqFrameReceiver,
     LeanFrameReceiver,
@@ -264,3 +266,14 @@ def test_an_aiormq_that_reads_frames_otherwise_keeps_its_own_reader_and_writer(m
     assert not install()
     assert aiormq.connection.FrameReceiver is OtherReceiver
     assert aiormq.abc.ChannelFrame.__dict__["marshall"] is marshall
+
+
+def test_a_refused_virtual_host_is_named_with_its_user() -> None:
+    frame_error = aiormq.exceptions.InvalidFrameError(
+        "Expected one of ['Connection.OpenOk'], got <Connection.Close object at 0x7f>"
+    )
+    refused = vhost_refusal(frame_error, "amqp://lamassu:s3cret@h:5672/pki%2Fprod")
+    assert isinstance(refused, ConnectionError)  # retried like a refused login
+    assert "virtual host 'pki/prod' to user 'lamassu'" in str(refused) and "s3cret" not in str(refused)
+    assert "virtual host '/'" in str(vhost_refusal(frame_error, "amqp://h"))
+    assert vhost_refusal(ConnectionRefusedError(), "amqp://h/") is None

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -223,7 +224,7 @@ def test_validate_takes_a_directory_and_several_events_on_stdin(tmp_path: Path) 
 def test_events_into_a_closed_pipe_exits_quietly() -> None:
     piped = subprocess.run(
         f"{sys.executable} -m lamassu_aws_connector events | head -n 1",
-        shell=True,  # noqa: S602 - a fixed command line: the pipe is the point
+        shell=True,
         capture_output=True,
         text=True,
         timeout=60,
@@ -353,3 +354,12 @@ async def test_check_config_connect_passes_when_everything_answers(
     refused = cli("check-config", "--connect", "--config", str(config))
     assert refused.returncode == 1
     assert "refused the login" in refused.stdout and "not-the-pw" not in refused.stdout
+    # A virtual host that does not exist is named as such, not as an unexpected AMQP frame.
+    no_vhost_url = urlsplit(AMQP_URL)._replace(path=f"/t{world.tag}-no-such-vhost").geturl()
+    no_vhost = world.settings(amqp={"url": no_vhost_url})
+    config.write_text(yaml.safe_dump(no_vhost.model_dump(mode="json")))
+    missing = cli("check-config", "--connect", "--config", str(config))
+    assert missing.returncode == 1
+    assert f"RabbitMQ refused virtual host 't{world.tag}-no-such-vhost'" in missing.stdout, missing.stdout
+    listed = cli("dlq", "list", "--config", str(config))
+    assert listed.returncode == 1 and "refused virtual host" in listed.stderr and "Traceback" not in listed.stderr
