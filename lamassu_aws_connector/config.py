@@ -8,6 +8,8 @@ JSON (``LAMASSU_AMQP__EXCHANGES='["lamassu-events","lamassu"]'``).
 from __future__ import annotations
 
 import os
+import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -477,20 +479,37 @@ def load_settings(path: str | Path | None) -> Settings:
 
 
 def _single_underscore_overrides(environ: Mapping[str, str]) -> list[tuple[str, str]]:
-    """LAMASSU_AMQP_URL and the like: meant as an override, silently ignored without this check."""
+    """LAMASSU_AMQP_URL, LAMASSU_AMQP__TLS_CA_FILE and the like: meant as an override, silently ignored
+    without this check. A name that is a key path once every separator is one underscore, but not
+    spelled with two between the levels, is reported with the spelling that works."""
+    proper = _env_names(Settings, ENV_PREFIX.rstrip("_"))
     found = []
     for name in environ:
         upper = name.upper()
-        if not upper.startswith(ENV_PREFIX) or "__" in upper:
+        if not upper.startswith(ENV_PREFIX) or upper in proper.values():
             continue
-        rest = upper[len(ENV_PREFIX) :].lower()
-        for section, field in Settings.model_fields.items():
-            model = field.annotation
-            if rest.startswith(section + "_") and isinstance(model, type) and issubclass(model, BaseModel):
-                key = rest[len(section) + 1 :]
-                if key in model.model_fields:
-                    found.append((name, f"{ENV_PREFIX}{section.upper()}__{key.upper()}"))
+        fixed = proper.get(re.sub("_+", "_", upper))
+        if fixed is not None:
+            found.append((name, fixed))
     return sorted(found)
+
+
+def _env_names(model: type[BaseModel], prefix: str) -> dict[str, str]:
+    """Every key path's environment name (sections and nested sections too, which take JSON), keyed by
+    the same name with single underscores."""
+    names: dict[str, str] = {}
+    for key, field in model.model_fields.items():
+        name = f"{prefix}__{key.upper()}" if prefix != ENV_PREFIX.rstrip("_") else f"{prefix}_{key.upper()}"
+        names[re.sub("_+", "_", name)] = name
+        for nested in _models_in(field.annotation):
+            names.update(_env_names(nested, name))
+    return names
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type):
+        return [annotation] if issubclass(annotation, BaseModel) else []
+    return [model for argument in typing.get_args(annotation) for model in _models_in(argument)]
 
 
 def _describe(exc: ValidationError) -> str:

@@ -37,6 +37,22 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
+def test_an_override_spelled_with_single_underscores_is_an_error_naming_the_spelling_that_works() -> None:
+    example = str(ROOT / "config.example.yaml")
+    for given, meant in (
+        ("LAMASSU_AMQP_URL", "LAMASSU_AMQP__URL"),
+        ("LAMASSU_AMQP_TLS_CA_FILE", "LAMASSU_AMQP__TLS__CA_FILE"),
+        ("LAMASSU_ACTIONS__LAMASSU_CA_URL", "LAMASSU_ACTIONS__LAMASSU_CA__URL"),
+    ):
+        for command in ("check-config", "run"):
+            result = cli(command, "--config", example, env={given: "amqp://x:y@nowhere:1/"})
+            assert result.returncode == 2, (given, command, result.stderr)
+            assert f"{given} (did you mean {meant}?)" in result.stderr and "Traceback" not in result.stderr
+    # Spelled right, the nested override is read.
+    right = cli("check-config", "--config", example, env={"LAMASSU_ACTIONS__LAMASSU_CA__TIMEOUT_SECONDS": "3"})
+    assert right.returncode == 0 and yaml.safe_load(right.stdout)["actions"]["lamassu_ca"]["timeout_seconds"] == 3
+
+
 def test_example_config_is_valid_and_secrets_are_masked() -> None:
     result = cli("check-config", "--config", str(ROOT / "config.example.yaml"))
     assert result.returncode == 0, result.stderr
