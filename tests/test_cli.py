@@ -379,3 +379,23 @@ async def test_check_config_connect_passes_when_everything_answers(
     assert f"RabbitMQ refused virtual host 't{world.tag}-no-such-vhost'" in missing.stdout, missing.stdout
     listed = cli("dlq", "list", "--config", str(config))
     assert listed.returncode == 1 and "refused virtual host" in listed.stderr and "Traceback" not in listed.stderr
+
+
+def test_library_log_lines_are_json_lines_too() -> None:
+    """aiormq / aio-pika log through the standard library: in JSON mode those lines are JSON as well."""
+    script = (
+        "import logging\n"
+        "from lamassu_aws_connector.logs import configure_logging\n"
+        "configure_logging('info', 'json')\n"
+        "try:\n"
+        "    raise ConnectionResetError('peer gone')\n"
+        "except ConnectionResetError:\n"
+        "    logging.getLogger('aiormq.connection').exception('Unexpected connection close from remote')\n"
+        "logging.getLogger('aio_pika.robust_connection').info('below warning: not shown')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    [line] = result.stderr.splitlines()
+    record = orjson.loads(line)
+    assert record["logger"] == "aiormq.connection" and record["level"] == "error"
+    assert record["event"] == "Unexpected connection close from remote"
+    assert "ConnectionResetError: peer gone" in record["exception"]
