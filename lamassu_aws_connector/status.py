@@ -387,10 +387,46 @@ class Check:
 
 async def check_connections(settings: Settings, wait_seconds: float = DEFAULT_WAIT_SECONDS) -> list[Check]:
     """Try each dependency once, at the same time; one :class:`Check` each, in a fixed order."""
-    rabbitmq, sqs, s3 = await asyncio.gather(
-        _check_rabbitmq(settings, wait_seconds), _check_sqs(settings, wait_seconds), _check_s3(settings, wait_seconds)
+    rabbitmq, sqs, s3, lamassu_ca = await asyncio.gather(
+        _check_rabbitmq(settings, wait_seconds),
+        _check_sqs(settings, wait_seconds),
+        _check_s3(settings, wait_seconds),
+        _check_lamassu_ca(settings, wait_seconds),
     )
-    return [rabbitmq, *sqs, s3]
+    return [rabbitmq, *sqs, s3, *lamassu_ca]
+
+
+async def _check_lamassu_ca(settings: Settings, wait_seconds: float) -> list[Check]:
+    """With reply actions on: one read-only request to the Lamassu CA, through its TLS and token."""
+    config = settings.actions.lamassu_ca
+    if not settings.actions.enabled or config.url is None:
+        return []
+    from .actions import LamassuCaClient, LamassuError  # noqa: PLC0415 - only with reply actions
+    from .health import DependencyHealth  # noqa: PLC0415
+
+    name = f"lamassu ca {config.url}"
+    metrics = Metrics()
+    try:
+        async with LamassuCaClient(config, metrics, DependencyHealth(metrics, ("lamassu_ca",))) as client:
+            # A CA by a common name nobody uses: an empty list (or 404) proves TLS, token and route.
+            await asyncio.wait_for(client.cas_by_common_name("lamassu-aws-connector-check"), wait_seconds)
+    except LamassuError as exc:
+        if exc.http_status == 404 and exc.status == "404":
+            return [Check(name, True, "answered 404 for an unknown CA common name (TLS and token accepted)")]
+        return [Check(name, False, str(exc))]
+    except TimeoutError:
+        return [Check(name, False, f"no answer within {wait_seconds:.0f} s")]
+    except Exception as exc:  # unusable TLS files, a bad URL
+        return [Check(name, False, f"{type(exc).__name__}: {exc}")]
+    auth = ", ".join(
+        part
+        for part, used in (
+            ("client certificate", bool(config.tls.cert_file)),
+            ("bearer token", config.bearer_token is not None or bool(config.bearer_token_file)),
+        )
+        if used
+    )
+    return [Check(name, True, f"answered (GET /v1/cas/cn/...; {auth or 'no credentials'} accepted)")]
 
 
 async def _check_rabbitmq(settings: Settings, wait_seconds: float) -> Check:

@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from lamassu_aws_connector import status
 from lamassu_aws_connector.actions import (
     HOLD,
     RELAY,
@@ -474,6 +475,21 @@ def actions_settings(world: World, pki: Pki, url: str, *, enabled: bool = True, 
     lamassu_ca.update(overrides.pop("lamassu_ca", {}))
     section = {"enabled": enabled, "lamassu_ca": lamassu_ca, "retry_max_backoff_seconds": 0.5, **overrides}
     return world.settings(actions=section, sqs={"visibility_timeout": 5})
+
+
+@pytest.mark.integration
+async def test_check_config_connect_tries_the_lamassu_ca_with_its_tls_and_token(
+    world: World, stand_in: StandInCa, pki: Pki
+) -> None:
+    checks = await status.check_connections(actions_settings(world, pki, stand_in.url), 5)
+    [ca_check] = [check for check in checks if check.name.startswith("lamassu ca")]
+    assert ca_check.ok, ca_check.line()
+    assert "client certificate, bearer token accepted" in ca_check.line() and TOKEN not in ca_check.line()
+    wrong = actions_settings(world, pki, stand_in.url, lamassu_ca={"bearer_token": "not-the-token-at-all"})
+    [refused] = [check for check in await status.check_connections(wrong, 5) if check.name.startswith("lamassu ca")]
+    assert not refused.ok and "401" in refused.line() and "not-the-token" not in refused.line()
+    off = await status.check_connections(actions_settings(world, pki, stand_in.url, enabled=False), 5)
+    assert not [check for check in off if check.name.startswith("lamassu ca")]  # actions off: no call
 
 
 async def sqs_empty(world: World) -> bool:
