@@ -170,7 +170,23 @@ async def _rabbitmq(settings: Settings, peek: int, wait_seconds: float) -> SideS
                 )
     except Exception as exc:
         side.error = str(exc) if isinstance(exc, dlq.ToolError) else dlq.masked_error(settings, exc)
+        _unknown(
+            side,
+            [
+                (amqp.queue, "events queue"),
+                (amqp.dead_letter_queue, "event dead letters"),
+                (amqp.reply_dead_letter_queue, "reply dead letters"),
+            ],
+        )
     return side
+
+
+def _unknown(side: SideStatus, expected: list[tuple[str, str]]) -> None:
+    """A side that could not be read still names every queue it should hold, with no depth."""
+    looked_at = {queue.name for queue in side.queues}
+    for name, role in expected:
+        if name not in looked_at:
+            side.queues.append(QueueStatus(name, role, error="not looked at: unreachable"))
 
 
 async def _dead_letters(
@@ -197,12 +213,14 @@ async def _dead_letters(
 async def _sqs(settings: Settings, wait_seconds: float) -> SideStatus:
     config = settings.sqs
     side = SideStatus("sqs", config.endpoint_url or f"AWS SQS {config.region}")
+    expected = [(config.command_queue, "command queue"), (config.response_queue, "response queue")]
     side.error = await endpoint_problem(config.endpoint_url, wait_seconds)
     if side.error is not None:
+        _unknown(side, expected)
         return side
     try:
         async with SqsGateway(config, Metrics()) as gateway:
-            for name, role in ((config.command_queue, "command queue"), (config.response_queue, "response queue")):
+            for name, role in expected:
                 queue = QueueStatus(name, role)
                 side.queues.append(queue)
                 try:
@@ -218,6 +236,8 @@ async def _sqs(settings: Settings, wait_seconds: float) -> SideStatus:
         side.error = f"no answer within {wait_seconds:.0f} s"
     except Exception as exc:
         side.error = _aws_error(exc)
+    if side.error is not None:
+        _unknown(side, expected)
     return side
 
 
@@ -306,8 +326,8 @@ def render(status: Status) -> str:
     for side, label in ((status.rabbitmq, "RabbitMQ"), (status.sqs, "SQS")):
         if side.error is not None:
             lines.append(f"{label} {side.endpoint}: UNREACHABLE: {side.error}")
-            continue
-        lines.append(f"{label} {side.endpoint}: {side.server or 'answers'}")
+        else:
+            lines.append(f"{label} {side.endpoint}: {side.server or 'answers'}")
         width = max((len(queue.name) for queue in side.queues), default=0)
         for queue in side.queues:
             lines.append(f"  {queue.name:<{width}}  {queue.role:<18}  {_queue_line(queue)}")

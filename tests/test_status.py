@@ -228,6 +228,8 @@ async def test_status_names_what_does_not_answer(world: World, tmp_path: Path) -
     assert result.returncode == 1
     assert f"RabbitMQ amqp://guest:***@127.0.0.1:{closed}/: UNREACHABLE: cannot connect" in result.stdout
     assert "connection refused" in result.stdout.lower()
+    for name in (world.queue, world.dlq, world.reply_dlq):  # still named, with no depth
+        assert any(line.split()[:1] == [name] and "not looked at" in line for line in result.stdout.splitlines())
     assert "SQS http" in result.stdout  # the other side is still reported
     assert f"status: RabbitMQ (amqp://guest:***@127.0.0.1:{closed}/)" in result.stderr
     assert "status: connector at http://127.0.0.1:" in result.stderr
@@ -236,6 +238,8 @@ async def test_status_names_what_does_not_answer(world: World, tmp_path: Path) -
     result = cli(no_sqs, tmp_path, "--peek", "0")
     assert result.returncode == 1
     assert f"SQS http://127.0.0.1:{closed}: UNREACHABLE: Connection refused" in result.stdout
+    for name in (world.command_queue, world.response_queue):
+        assert any(line.split()[:1] == [name] and "not looked at" in line for line in result.stdout.splitlines())
     assert "does not exist" in result.stderr  # nothing declared the queues of this test's names yet
 
 
