@@ -277,6 +277,18 @@ def is_w3c_traceparent(value: str) -> bool:
     return _W3C_TRACEPARENT.match(value) is not None
 
 
+# W3C Trace Context: at most 32 list members, and a platform need carry no more than 512 characters.
+TRACESTATE_MAX_CHARS = 512
+
+
+def carried_tracestate(value: Any) -> str | None:
+    """The tracestate to pass on with its traceparent: a longer one than W3C asks anyone to carry is
+    dropped (the trace goes on without vendor state), never a reason to refuse the message."""
+    if not isinstance(value, str) or not value or len(value) > TRACESTATE_MAX_CHARS:
+        return None
+    return value
+
+
 def parse_structured(body: bytes, *, repair_missing_id: bool = True, add_correlation_id: bool = False) -> ParsedEvent:
     """Parse a structured-mode JSON CloudEvent; a valid body is kept byte for byte.
 

@@ -37,7 +37,7 @@ from .amqp import AmqpGateway, Outgoing, string_headers
 from .claimcheck import ClaimCheck, Unresolvable
 from .config import APP_ID, Settings
 from .correlation import CorrelationTable
-from .events import ParsedEvent, Rejection, identify, is_w3c_traceparent, parse_structured
+from .events import ParsedEvent, Rejection, carried_tracestate, identify, is_w3c_traceparent, parse_structured
 from .health import RESPONSE_QUEUE, S3, DependencyHealth, ProgressWatch
 from .logs import get_logger
 from .metrics import Metrics
@@ -512,12 +512,11 @@ def _trace_context(parsed: ParsedEvent, message: dict[str, Any]) -> tuple[str, s
     """W3C (traceparent, tracestate) from the reply's extension, else from the SQS message attributes."""
     traceparent = parsed.traceparent
     if traceparent is not None and is_w3c_traceparent(traceparent):
-        tracestate = parsed.event.extension("tracestate")
-        return traceparent, tracestate if isinstance(tracestate, str) and tracestate else None
+        return traceparent, carried_tracestate(parsed.event.extension("tracestate"))
     traceparent = _attribute(message, "traceparent")
     if traceparent is None or not is_w3c_traceparent(traceparent):
         return None
-    return traceparent, _attribute(message, "tracestate")
+    return traceparent, carried_tracestate(_attribute(message, "tracestate"))
 
 
 def _attribute(message: dict[str, Any], name: str) -> str | None:

@@ -41,6 +41,7 @@ from .crashguard import CrashGuard, content_key
 from .events import (
     ParsedEvent,
     Rejection,
+    carried_tracestate,
     forbidden_sqs_character,
     identify,
     is_w3c_traceparent,
@@ -771,9 +772,8 @@ def _trace_context(parsed: ParsedEvent, headers: Mapping[str, Any] | None) -> tu
     """
     traceparent = parsed.traceparent
     if traceparent is not None and is_w3c_traceparent(traceparent):
-        tracestate = parsed.event.extension("tracestate")
-        return traceparent, tracestate if isinstance(tracestate, str) and tracestate else None
+        return traceparent, carried_tracestate(parsed.event.extension("tracestate"))
     traceparent = _header_traceparent(headers)
     if traceparent is None:
         return None
-    return traceparent, _header_string(headers, "tracestate")
+    return traceparent, carried_tracestate(_header_string(headers, "tracestate"))

@@ -251,3 +251,17 @@ async def test_a_stop_relays_what_the_long_poll_in_flight_brings(world: World) -
     [relayed] = await world.take_amqp(observer.name, 1, timeout=5)
     assert orjson.loads(relayed.body)["id"] == "during-stop"
     assert await world.sqs_count(world.response_queue) == 0  # deleted, not left invisible
+
+
+async def test_an_oversized_tracestate_is_dropped_not_the_reply(world: World) -> None:
+    """W3C asks no platform to carry more than 512 characters of tracestate: the reply goes on without it."""
+    observer = await bind_observer(world)
+    async with running(world.settings()) as service:
+        await send_replies(
+            world, [config_response("big-state")], traceparent=samples.W3C_TRACEPARENT, tracestate="v=" + "x" * 100_000
+        )
+        [relayed] = await world.take_amqp(observer.name, 1)
+        await wait_for(lambda: _sqs_empty(world), what="SQS empty")
+        assert metric(service, "replies_dead_lettered", code="amqp_rejected") == 0
+    headers = relayed.headers or {}
+    assert headers["traceparent"] == samples.W3C_TRACEPARENT and "tracestate" not in headers
