@@ -599,6 +599,10 @@ class _KeyLocks:
                 self._locks[key] = (lock, users - 1)
 
 
+# How long a serial this process revoked counts as revoked without asking Lamassu again.
+REVOKED_MEMORY_SECONDS = 600.0
+
+
 class ReplyActions:
     """Acts on the replies that call for it; :meth:`act` tells the reply flow what to do next."""
 
@@ -623,6 +627,9 @@ class ReplyActions:
         self._signed_limit = signed_limit
         self._locks = _KeyLocks()
         self._stopping = asyncio.Event()
+        # Serials this process revoked (or found revoked) lately, by when: CloudTrail reports one
+        # revocation in several notices, and a second PUT would only earn a 400 and a GET.
+        self._revoked: OrderedDict[str, float] = OrderedDict()
 
     def stop(self) -> None:
         """No more waiting between attempts: a reply still failing is left in SQS."""
@@ -793,6 +800,11 @@ class ReplyActions:
             serial = normalize_serial(raw)
         except ValueError as exc:
             raise Refused(f"data.serial_number: {exc}") from None
+        if self._recently_revoked(serial):
+            log.info(
+                "actions.already_revoked", **fields, serial_number=serial, seen_within_seconds=REVOKED_MEMORY_SECONDS
+            )
+            return "already_revoked"
         try:
             await self._client.set_certificate_status(serial, "REVOKED", self._config.revocation_reason)
         except LamassuError as exc:
@@ -801,12 +813,28 @@ class ReplyActions:
             refusal = exc  # v3 answers 400 to REVOKED -> REVOKED: is it revoked already?
         else:
             log.info("actions.certificate_revoked", **fields, serial_number=serial)
+            self._remember_revoked(serial)
             return "succeeded"
         current = await self._client.certificate(serial)
         if current.get("status") == "REVOKED":
             log.info("actions.already_revoked", **fields, serial_number=serial)
+            self._remember_revoked(serial)
             return "already_revoked"
         raise Refused(f"the Lamassu CA refused to revoke certificate {serial}: {refusal}")
+
+    def _recently_revoked(self, serial: str) -> bool:
+        # Only for a while: a revocation with reason certificateHold can be lifted in Lamassu, and a
+        # later notice must then revoke again.
+        cutoff = time.monotonic() - REVOKED_MEMORY_SECONDS
+        while self._revoked and next(iter(self._revoked.values())) < cutoff:
+            self._revoked.popitem(last=False)
+        return serial in self._revoked
+
+    def _remember_revoked(self, serial: str) -> None:
+        self._revoked[serial] = time.monotonic()
+        self._revoked.move_to_end(serial)
+        while len(self._revoked) > self._memory_limit:
+            self._revoked.popitem(last=False)
 
 
 def _same_serial(candidate: str | None, wanted: str) -> bool:

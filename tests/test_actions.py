@@ -331,10 +331,15 @@ async def test_revocation_notices() -> None:
     assert await actions.act(parsed(status_notice(serial, "INACTIVE", reply_id="n-0")), FIELDS) == RELAY
     assert ca.calls == []  # nothing to do in Lamassu
     assert await actions.act(parsed(status_notice(serial, reply_id="n-1")), FIELDS) == RELAY
-    assert await actions.act(parsed(status_notice(serial, reply_id="n-2")), FIELDS) == RELAY  # 400, then read
+    assert await actions.act(parsed(status_notice(serial, reply_id="n-2")), FIELDS) == RELAY  # remembered
     assert ca.state.revocations == [serial]
+    assert ca.calls == ["update_certificate_status"]  # one revocation notified twice: one request
+    # Revoked by someone else: v3 answers 400, a read shows REVOKED, and that is done too.
+    elsewhere = ca.state.add_device_certificate(ca.lamassu_ca, "device-3")
+    ca.state.certificates[elsewhere].status = "REVOKED"
+    assert await actions.act(parsed(status_notice(elsewhere, reply_id="n-5")), FIELDS) == RELAY
     assert ca.calls == ["update_certificate_status", "update_certificate_status", "get_certificate"]
-    assert [count(metrics, REVOKE, o) for o in ("not_needed", "succeeded", "already_revoked")] == [1, 1, 1]
+    assert [count(metrics, REVOKE, o) for o in ("not_needed", "succeeded", "already_revoked")] == [1, 1, 2]
     # A 400 for a certificate that is not revoked is Lamassu refusing: rejected.
     active = ca.state.add_device_certificate(ca.lamassu_ca, "device-2")
     ca.errors["update_certificate_status"] = [
@@ -560,7 +565,7 @@ async def test_a_revocation_notified_twice_is_made_once_and_both_notices_relayed
     assert stand_in.revocations == [serial]  # one revoke effect, under the v3.5+ serial spelling
     assert stand_in.certificates[serial].revocation_reason == "CessationOfOperation"
     puts = stand_in.calls("PUT")
-    assert [r.path for r in puts] == [f"/api/ca/v1/certificates/{serial}/status"] * 2
+    assert [r.path for r in puts] == [f"/api/ca/v1/certificates/{serial}/status"]  # the second notice: remembered
     assert puts[0].body == {"status": "REVOKED", "revocation_reason": "CessationOfOperation"}
     assert await world.queue_depth(world.reply_dlq) == 0
 
