@@ -1062,9 +1062,9 @@ def _shape_variants(model: type[BaseModel], path: str = "data", depth: int = 0) 
         return []
     variants: list[dict[str, Any]] = []
     if issubclass(model, RootModel):
-        root = model.model_fields["root"]
-        if any(isinstance(meta, Discriminator) for meta in root.metadata):
-            for member in typing.get_args(root.annotation):
+        members = _shape_members(model)
+        if members:
+            for member in members:
                 if typing.get_origin(member) is not Annotated:
                     continue
                 inner, *metadata = typing.get_args(member)
@@ -1088,13 +1088,23 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     return found
 
 
+def _shape_members(model: type[BaseModel]) -> tuple[Any, ...]:
+    """The members of a RootModel's discriminated union of shapes, else (). pydantic before 2.8 keeps
+    the union's Annotated wrapper (and the Discriminator in it) on the field's annotation."""
+    root = model.model_fields["root"]
+    annotation, metadata = root.annotation, list(root.metadata)
+    if typing.get_origin(annotation) is Annotated:
+        annotation, *extra = typing.get_args(annotation)
+        metadata.extend(extra)
+    if not any(isinstance(meta, Discriminator) for meta in metadata):
+        return ()
+    return typing.get_args(annotation)
+
+
 def _shapes_of(model: type[BaseModel]) -> list[type[BaseModel]]:
     """The models of a RootModel over shapes (a union with a shape discriminator), newest first; else []."""
-    root = model.model_fields["root"]
-    if not any(isinstance(meta, Discriminator) for meta in root.metadata):
-        return []
     shapes = []
-    for member in typing.get_args(root.annotation):
+    for member in _shape_members(model):
         inner = typing.get_args(member)[0] if typing.get_origin(member) is Annotated else member
         if isinstance(inner, type) and issubclass(inner, BaseModel):
             shapes.append(inner)
