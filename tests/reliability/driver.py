@@ -844,6 +844,7 @@ async def reply_scenario(
     drain_timeout: float = 240.0,
     sqs_endpoint: str | None = None,
     before_stop: Fault | None = None,
+    visibility_timeout: int | None = None,
 ) -> tuple[Figures, Run]:
     """Put ``count`` numbered replies into SQS, inject ``fault``, count them on RabbitMQ.
 
@@ -852,9 +853,10 @@ async def reply_scenario(
     and SQS is empty, before the connector is stopped.
     """
     names = Names()
-    # A short visibility timeout: replies a killed connector had received come back in seconds.
+    # A short visibility timeout by default: replies a killed connector had received come back in seconds.
+    visibility = REPLY_VISIBILITY_TIMEOUT if visibility_timeout is None else visibility_timeout
     base = connector_config(
-        names, env.amqp_url, sqs_endpoint or env.sqs_endpoint, sqs={"visibility_timeout": REPLY_VISIBILITY_TIMEOUT}
+        names, env.amqp_url, sqs_endpoint or env.sqs_endpoint, sqs={"visibility_timeout": visibility}
     )
     connector = Connector(base, env.workdir / names.tag, "connector")
     run = Run(env.broker, names, [connector])

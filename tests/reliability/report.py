@@ -67,6 +67,12 @@ FINDINGS = """\
   owner's `POST /v1/commands` caller got 504 with the reply in RabbitMQ. Fixed: in a fleet, a reply
   no replica claims waits up to 5 s for its command's announcement before it counts as an orphan
   (`test_correlation.py::test_a_reply_that_overtakes_its_command_announcement_still_reaches_its_owner`).
+* A graceful stop abandoned the reply pollers' long polls in flight. SQS (LocalStack here) still hands
+  messages to such a poll, and they stayed invisible for the visibility timeout: after a rolling
+  restart of three replicas, 5 of the first 30 `POST /v1/commands` got 504 while their replies waited
+  out 60 s. Fixed: a stop waits for the polls in flight (at most `sqs.wait_time_seconds`) and relays
+  what they bring (scenario 07d with the default 60 s visibility;
+  `test_inbound.py::test_a_stop_relays_what_the_long_poll_in_flight_brings`).
 
 * `amqp.tls.verify` accepted `0`, `"no"`, `"off"`, `"n"`, `"f"` (pydantic's lax booleans) as *false*,
   so a typo or a stray environment value could switch broker verification off. Fixed: only

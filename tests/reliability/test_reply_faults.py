@@ -46,6 +46,33 @@ async def test_7b_connector_killed_between_publish_and_delete(env: Env) -> None:
     assert figures.dead_lettered == 0
 
 
+async def test_7d_connector_restarted_gracefully_while_replies_stream(env: Env) -> None:
+    """SQS hands messages to a long poll even when its client gave up on it; they then stay invisible
+    for the visibility timeout. A graceful stop waits for its polls and relays what they bring, so a
+    rolling restart delays no reply by a visibility timeout (the default 60 s here)."""
+    visibility = Settings().sqs.visibility_timeout
+
+    async def fault(run: Run) -> None:
+        [connector] = run.connectors
+        run.notes["stop_exit_code"] = await connector.stop()
+        await connector.start()
+        await connector.wait_ready()
+        run.cleared()
+
+    figures, run = await reply_scenario(
+        env,
+        "07d-reply-connector-sigterm",
+        "Replies: connector SIGTERMed and restarted mid-stream (visibility 60 s)",
+        fault,
+        visibility_timeout=visibility,
+    )
+    assert run.notes["stop_exit_code"] == 0
+    assert figures.lost == 0
+    assert figures.dead_lettered == 0
+    # Nothing waited out the visibility timeout: every reply arrived well before it.
+    assert figures.drain_seconds is not None and figures.drain_seconds < visibility / 2, figures
+
+
 async def test_7c_sqs_unreachable_while_replies_stream(env: Env) -> None:
     host, port = SQS_ENDPOINT.removeprefix("http://").split(":")
     proxy = TcpProxy(host, int(port))  # the connector's way to SQS; the replies are sent around it
