@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=_HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     # Each command's help is one line in an 80-column terminal: keep them under 54 characters.
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     config_help = "YAML config file (default: $LAMASSU_CONFIG; environment variables LAMASSU_* override it)"

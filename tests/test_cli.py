@@ -116,6 +116,8 @@ def test_mask_url() -> None:
 def test_version() -> None:
     result = cli("version")
     assert result.returncode == 0 and result.stdout.strip()
+    flag = cli("--version")
+    assert flag.returncode == 0 and flag.stdout.strip() == f"lamassu-aws-connector {result.stdout.strip()}"
 
 
 @pytest.mark.integration
