@@ -294,6 +294,13 @@ def _dlq_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
+    if args.to_original and dlq.resolve_queue(settings, args.queue) == settings.amqp.reply_dead_letter_queue:
+        print(
+            "lamassu-aws-connector: --to-original is for dead-lettered events; a reply is replayed to "
+            f"sqs.response_queue ({settings.sqs.response_queue}) and relayed from there",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_CONFIG
     result = asyncio.run(
         dlq.replay(
             settings,

@@ -278,6 +278,11 @@ async def test_show_purge_and_the_id_filter(world: World, tmp_path: Path) -> Non
     assert await world.queue_depth(world.dlq) == 4
     with pytest.raises(dlq.ToolError, match="--code or --id"):  # no filter: refused (the CLI exits 2)
         await dlq.purge(settings)
+    replies_to_original = cli(settings, tmp_path, "dlq", "replay", "--queue", "replies", "--to-original")
+    assert (
+        replies_to_original.returncode == 2
+        and "--to-original is for dead-lettered events" in replies_to_original.stderr
+    )
     typo = cli(settings, tmp_path, "dlq", "purge", "--code", "too-large", "--yes")  # matches nothing: refused
     assert typo.returncode == 2 and "unknown --code 'too-large'" in typo.stderr and "too_large" in typo.stderr
     purged = cli(settings, tmp_path, "dlq", "purge", "--code", "too_large", "--id", "a-2", "--yes")
