@@ -402,7 +402,13 @@ async def _serve(settings: Settings) -> int:
         nonlocal signals_seen
         signals_seen += 1
         if signals_seen == 1:
-            log.info("connector.signal", signal=signal.Signals(signum).name, action="graceful stop")
+            log.info(
+                "connector.signal",
+                signal=signal.Signals(signum).name,
+                action="graceful stop",
+                detail=f"finishing in-flight work and long polls (up to {settings.sqs.wait_time_seconds} s); "
+                "a second signal exits at once",
+            )
             service.request_stop()
         else:
             # Unacked deliveries return to RabbitMQ and undeleted SQS messages reappear: nothing is lost.

@@ -132,7 +132,8 @@ class Names:
 
 
 def connector_config(names: Names, amqp_url: str, sqs_endpoint: str, **overrides: dict[str, Any]) -> dict[str, Any]:
-    """Production defaults except names, endpoints, a free HTTP port and JSON logs."""
+    """Production defaults except names, endpoints, a free HTTP port, JSON logs and 5 s long polls:
+    a graceful stop waits for the polls in flight, and 20 s each would add minutes to the suite."""
     config: dict[str, Any] = {
         "amqp": {
             "url": amqp_url,
@@ -148,6 +149,7 @@ def connector_config(names: Names, amqp_url: str, sqs_endpoint: str, **overrides
             "command_queue": names.command_queue,
             "response_queue": names.response_queue,
             "create_queues": True,
+            "wait_time_seconds": 5,
         },
         "log": {"level": "info", "format": "json"},
         "http": {"host": "127.0.0.1", "port": 0},
