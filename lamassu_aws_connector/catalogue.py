@@ -484,6 +484,21 @@ class IotCertStatusNoticeEarly(_Data):
     caSerialNumber: SerialNumber | None = None
 
 
+class IotCertStatusNoticeApril(_Data):
+    """``io.lamassu.iotcore.cert.update-status``: the notifier of April 2022 (camelCase; the new status
+    itself is not in the data, only which certificate and CA).
+
+    Source: lamassuiot/lamassu-aws-connector (d061025..41d6490, 2022-04)
+    aws-cdk/resources/lambda-notify-iotcore-update-certificate/index.ts.
+    """
+
+    certificateID: NonEmpty  # the wire name is camelCase
+    caID: str | None = None
+    caName: str | None = None
+    caSerialNumber: SerialNumber | None = None
+    deviceID: str | None = None
+
+
 # --- v2.0 (2023-01) -----------------------------------------------------------------------------
 
 
@@ -1225,6 +1240,14 @@ SPECS: tuple[EventSpec, ...] = (
         _REPLY,
         IotCertStatusNoticeEarly,
         "AWS IoT changed a certificate (early notifier)",
+    ),
+    EventSpec(
+        "io.lamassu.iotcore.cert.update-status",
+        _V1,
+        _REPLY,
+        IotCertStatusNoticeApril,
+        "AWS IoT changed a certificate's status (April 2022 notifier)",
+        note="renamed io.lamassu.iotcore.cert.status.update (with a status field) at the end of April 2022",
     ),
     # v2.0.0: pkg/{ca,device-manager,dms-manager}/server/api/service/amqp_middleware.go
     _v2("ca.create", V2Ca, "a CA was created"),

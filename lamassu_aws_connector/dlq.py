@@ -567,16 +567,18 @@ def check_event_file(path: Path) -> bytes:
 def load_events(paths: list[Path]) -> list[ParsedEvent]:
     """Check every file first, with the rules of ``validate``, so that one bad file sends nothing.
 
-    ``validate`` rejects an event without an id (``validation.repair_missing_id`` is the daemon's
-    tolerance for Lamassu v2.0, not a licence to publish such events), so ``send`` does too; the
-    body is published byte for byte as it was validated."""
+    ``validate`` accepts an event without an id, as the daemon does (``validation.repair_missing_id``,
+    for Lamassu v2.0), but that is a tolerance, not a licence to publish such events: ``send``
+    refuses them. The body is published byte for byte as it was validated."""
     events = []
     for path in paths:
         raw = check_event_file(path)
         try:
             events.append(parse_structured(raw, repair_missing_id=False))
-        except Rejection as rejection:  # validate accepted it: only if the two ever disagree
-            raise ToolError(f"{path}: {rejection.code.value}: {rejection.message}") from None
+        except Rejection as rejection:
+            raise ToolError(
+                f"{path}: not sent: {rejection.code.value}: {rejection.message} (give the event an id)"
+            ) from None
     return events
 
 

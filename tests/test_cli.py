@@ -302,9 +302,19 @@ def test_send_dry_run_validates_and_sends_nothing(tmp_path: Path) -> None:
 
 BROKEN_EXAMPLES = [
     (lambda text: text.replace('"REVOKED"', '"Revoked"'), "invalid_data: data.updated.status"),
-    (lambda text: text.replace('"id": "4bf92f', '"id": "", "x": "', 1), "invalid_attribute: attribute id"),
+    (lambda text: text.replace('"time": "2026-', '"time": "26-', 1), "invalid_attribute: attribute time"),
     (lambda text: text[:100], "invalid_json"),
 ]
+
+
+def test_an_event_without_id_is_valid_as_the_daemon_takes_it_but_not_sent(tmp_path: Path) -> None:
+    no_id = tmp_path / "no-id.json"
+    no_id.write_text((EXAMPLES / "device.create.json").read_text().replace('"id": "', '"id": "", "x": "', 1))
+    verdict = io.StringIO()
+    assert catalogue_cli.validate_files([str(no_id)], out=verdict) == 0  # Lamassu v2.0 sends id ""
+    assert "no id: the connector derives one from the body" in verdict.getvalue()
+    with pytest.raises(dlq.ToolError, match="not sent: invalid_attribute: attribute id"):
+        dlq.load_events([no_id])
 
 
 @pytest.mark.parametrize(("change", "reason"), BROKEN_EXAMPLES)
