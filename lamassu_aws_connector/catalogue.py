@@ -894,6 +894,7 @@ class Dms(_Data):
 
     id: NonEmpty
     name: str | None = None
+    metadata: dict[str, Any] | None = None
 
 
 class Enrollment(_Data):
@@ -964,7 +965,7 @@ class RevocationList(_Data):
 
     ThisUpdate: NonEmpty
     NextUpdate: NonEmpty
-    Number: int | float | None = None
+    Number: Annotated[int, Strict()] | Annotated[float, Strict()] | None = None  # a big.Int: a JSON number
     Issuer: dict[str, Any] | None = None
 
 
