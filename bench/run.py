@@ -454,7 +454,7 @@ def _all_sqs_calls(connector: Connector) -> float:
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
-        if line.startswith("lamassu_connector_sqs_calls_total{")
+        if line.startswith("lamassu_connector_sqs_calls_total{") and 'Entry"' not in line  # entries are no calls
     )
 
 

@@ -73,7 +73,13 @@ class Metrics:
         self.events_repaired = Counter(
             "lamassu_connector_events_repaired", "Events forwarded with a repaired id", registry=r
         )
-        self.sqs_calls = Counter("lamassu_connector_sqs_calls", "SQS API calls", ["operation"], registry=r)
+        self.sqs_calls = Counter(
+            "lamassu_connector_sqs_calls",
+            "SQS API calls; SendMessageBatchEntry / DeleteMessageBatchEntry count the entries of those batch "
+            "calls, the denominator of their entry failures in lamassu_connector_sqs_errors_total",
+            ["operation"],
+            registry=r,
+        )
         self.sqs_errors = Counter(
             "lamassu_connector_sqs_errors", "SQS API calls or entries that failed", ["operation", "code"], registry=r
         )

@@ -176,6 +176,7 @@ class SqsGateway:
 
     async def send_batch(self, queue: QueueInfo, entries: list[dict[str, Any]]) -> dict[str, Any]:
         self._metrics.batch_size.observe(len(entries))
+        self._metrics.sqs_calls.labels("SendMessageBatchEntry").inc(len(entries))
         return await self._call("SendMessageBatch", QueueUrl=queue.url, Entries=entries)
 
     async def receive(self, queue: QueueInfo, *, wait_seconds: int, visibility_timeout: int) -> list[dict[str, Any]]:
@@ -194,6 +195,7 @@ class SqsGateway:
     async def delete_batch(self, queue: QueueInfo, receipts: dict[str, str]) -> dict[str, Any]:
         """Delete by {entry id: receipt handle}; the answer lists Successful and Failed ids."""
         entries = [{"Id": key, "ReceiptHandle": handle} for key, handle in receipts.items()]
+        self._metrics.sqs_calls.labels("DeleteMessageBatchEntry").inc(len(entries))
         return await self._call("DeleteMessageBatch", QueueUrl=queue.url, Entries=entries)
 
     async def change_visibility_batch(

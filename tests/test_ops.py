@@ -132,6 +132,12 @@ async def test_metrics_move_with_traffic(world: World) -> None:
     assert scrape(after, "lamassu_connector_events_dead_lettered_total", code="invalid_json") == 1
     calls = "lamassu_connector_sqs_calls_total"
     assert scrape(after, calls, operation="SendMessageBatch") > scrape(before, calls, operation="SendMessageBatch")
+    # Entry failures are counted as SendMessageBatchEntry errors: the entries sent are their denominator
+    # (the LamassuConnectorSqsErrors alert divides errors by calls per operation).
+    entries = scrape(after, calls, operation="SendMessageBatchEntry") - scrape(
+        before, calls, operation="SendMessageBatchEntry"
+    )
+    assert entries == 5
     assert scrape(after, "lamassu_connector_outbound_latency_seconds_count") == 5
     assert scrape(after, "lamassu_connector_amqp_connected") == 1
 
