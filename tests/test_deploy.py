@@ -1034,6 +1034,26 @@ def test_helm_replicas_and_keda(helm: Any) -> None:
     assert auth["spec"]["secretTargetRef"] == [
         {"parameter": "host", "name": "connector-env", "key": "LAMASSU_AMQP__URL"}
     ]
+    # amqps:// with a private CA and a client certificate: KEDA's own connection gets the same files.
+    tls_values = {"amqpTls": {"secretName": "rabbitmq-client"}}
+    with_tls = helm_render(
+        helm, {"keda": {"enabled": True}, "secret": {"existingSecret": "connector-env"}, **tls_values}
+    )
+    refs = {ref["parameter"]: ref for ref in rendered(with_tls, "TriggerAuthentication")["spec"]["secretTargetRef"]}
+    assert {name: (refs[name]["name"], refs[name]["key"]) for name in ("ca", "cert", "key")} == {
+        "ca": ("rabbitmq-client", "ca.crt"),
+        "cert": ("rabbitmq-client", "tls.crt"),
+        "key": ("rabbitmq-client", "tls.key"),
+    }
+    enable = [o for o in with_tls if o["kind"] == "Secret" and o["metadata"]["name"] == refs["tls"]["name"]]
+    assert [secret["stringData"][refs["tls"]["key"]] for secret in enable] == ["enable"]
+    ca_only = {"amqpTls": {"secretName": "rabbitmq-ca", "certKey": "", "keyKey": "", "verify": False}}
+    server_only = helm_render(
+        helm, {"keda": {"enabled": True}, "secret": {"existingSecret": "connector-env"}, **ca_only}
+    )
+    parameters = [ref["parameter"] for ref in rendered(server_only, "TriggerAuthentication")["spec"]["secretTargetRef"]]
+    assert parameters == ["host", "tls", "ca"]
+    assert rendered(server_only, "ScaledObject")["spec"]["triggers"][0]["metadata"]["unsafeSsl"] == "true"
 
 
 def test_helm_refuses_what_cannot_work(helm: Any) -> None:
