@@ -1127,6 +1127,14 @@ def test_helm_network_policy(helm: Any) -> None:
     assert policy["ingress"] == [], "no ingress peer: nothing may connect"
     amqp = [rule for rule in policy["egress"] if {"port": 5672, "protocol": "TCP"} in rule["ports"]]
     assert amqp[0]["to"] == narrow["networkPolicy"]["amqpTo"]
+    # EKS Pod Identity: its node agent on 169.254.170.23:80, else no credentials.
+    agent = {"port": 80, "protocol": "TCP"}
+    assert not [rule for rule in policy["egress"] if agent in rule["ports"]]
+    pod_identity = rendered(
+        helm_render(helm, {"networkPolicy": {"enabled": True, "podIdentity": True}}), "NetworkPolicy"
+    )
+    [rule] = [rule for rule in pod_identity["spec"]["egress"] if agent in rule["ports"]]
+    assert rule["to"] == [{"ipBlock": {"cidr": "169.254.170.23/32"}}, {"ipBlock": {"cidr": "fd00:ec2::23/128"}}]
 
 
 # --------------------------------------------------------------------------------------------------
