@@ -1545,19 +1545,70 @@ def check_data(
     for spec in specs:
         try:
             spec.model.model_validate(data, context=context)
-            return None
         except ValidationError as exc:
             problems.append(describe(exc))
+            continue
+        if spec.kind is EventKind.AUDIT:
+            return _audit_output_problem(event_type, data, context)
+        return None
     return " | ".join(problems)
 
 
-def describe(exc: ValidationError, limit: int = 3) -> str:
+# Audit copies whose output is the entity the action returned (audit/*.go: the service output, the
+# updated entity for an update, where the event carries {previous, updated}): checked as that entity.
+# Others (deletes, signatures, verifications, enrolments, CRLs, KMS updates) carry other outputs.
+_AUDITED_ENTITIES = frozenset(
+    {
+        "ca.create",
+        "ca.import",
+        "ca.status.update",
+        "ca.profile.update",
+        "ca.metadata.update",
+        "ca.reissue",
+        "ca.sign.certificate",
+        "certificate.create",
+        "certificate.status.update",
+        "certificate.metadata.update",
+        "device.create",
+        "device.status.update",
+        "device.identity.update",
+        "device.metadata.update",
+        "device-group.create",
+        "device-group.update",
+        "dms.create",
+        "dms.update",
+        "dms.metadata.update",
+        "profile.issuance.create",
+        "profile.issuance.update",
+        "kms.create",
+        "kms.import",
+    }
+)
+
+
+def _audit_output_problem(event_type: str, data: Any, context: dict[str, Any]) -> str | None:
+    audited = event_type.removeprefix("audit.")
+    output = data.get("output") if isinstance(data, dict) else None
+    if audited not in _AUDITED_ENTITIES or not isinstance(output, dict) or not output:
+        return None
+    model = next((spec.model for spec in _BY_TYPE.get(audited, ()) if spec.generation is _V3), None)
+    if model is None:
+        return None
+    entity: Any = model.model_fields["updated"].annotation if issubclass(model, Update) else model
+    try:
+        entity.model_validate(output, context=context)
+    except ValidationError as exc:
+        return describe(exc, prefix="data.output")
+    return None
+
+
+def describe(exc: ValidationError, limit: int = 3, prefix: str = "data") -> str:
     """One line naming each offending data field, e.g. ``data.updated.status: Input should be ...``."""
     parts = []
     errors = exc.errors(include_url=False)
     for error in errors[:limit]:
         loc = [str(part) for part in error["loc"] if not str(part).startswith(_SHAPE_TAG_PREFIX)]
-        path = ".".join(["data", *loc])
+        path = ".".join([prefix, *loc])
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "missing":
             parts.append(f"{path} is missing")

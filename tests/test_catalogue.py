@@ -724,3 +724,22 @@ def test_certificates_are_parsed_only_when_asked() -> None:
     assert DataCheck("enforce", metrics, parse_certificates=False).rejection(event, {}) is None
     assert DataCheck("enforce", metrics, parse_certificates=True).rejection(event, {}) is not None
     assert Settings().validation.certificates == "shape"
+
+
+def test_an_audit_copy_output_is_checked_as_the_entity_the_action_returned() -> None:
+    fixtures = ROOT / "tests" / "fixtures" / "lamassu" / "v3.8.0"
+    created = orjson.loads((fixtures / "audit.ca.create.json").read_bytes())
+    assert check_data(created["type"], created["data"]) is None
+    missing = copy.deepcopy(created["data"])
+    del missing["output"]["certificate"]
+    assert check_data("audit.ca.create", missing) == "data.output.certificate is missing"
+    # An update's audit copy carries the updated entity alone (the event carries {previous, updated}).
+    status = orjson.loads((fixtures / "audit.certificate.status.update.json").read_bytes())
+    assert "previous" not in status["data"]["output"] and check_data(status["type"], status["data"]) is None
+    broken = copy.deepcopy(status["data"])
+    broken["output"]["status"] = "GONE"
+    assert (check_data(status["type"], broken) or "").startswith("data.output.status:")
+    # Outputs that are no entity are not checked: a delete's {}, a signature's bytes.
+    for name in ("audit.ca.delete.json", "audit.ca.sign.signature.json", "audit.kms.sign.json"):
+        record = orjson.loads((fixtures / name).read_bytes())
+        assert check_data(record["type"], record["data"]) is None, name
