@@ -1071,28 +1071,51 @@ def _fields_of(model: type[BaseModel]) -> list[str]:
     return list(names) or ["(see schema)"]
 
 
-def _shape_variants(model: type[BaseModel], path: str = "data", depth: int = 0) -> list[dict[str, Any]]:
+def _shape_variants(model: type[BaseModel]) -> list[dict[str, Any]]:
     """Where the data's shape changed between Lamassu releases: each variant with its releases and fields,
     e.g. ``{"at": "data.updated", "shape": "v3.2+", "model": "CaNested", "fields": [...]}``."""
+    return [
+        {"at": at, "shape": shape, "model": variant.__name__, "fields": _fields_of(variant)}
+        for at, shape, variant in _shape_points(model)
+    ]
+
+
+def _shape_points(model: type[BaseModel], path: str = "data", depth: int = 0) -> list[tuple[str, str, type[BaseModel]]]:
+    """(where, shape, model) of every union of release shapes inside a data model."""
     if depth > 4:
         return []
-    variants: list[dict[str, Any]] = []
+    points: list[tuple[str, str, type[BaseModel]]] = []
     if issubclass(model, RootModel):
-        members = _shape_members(model)
-        if members:
-            for member in members:
-                if typing.get_origin(member) is not Annotated:
-                    continue
-                inner, *metadata = typing.get_args(member)
-                tags = [meta.tag for meta in metadata if isinstance(meta, Tag)]
-                if tags and isinstance(inner, type) and issubclass(inner, BaseModel):
-                    shape = tags[0].removeprefix(_SHAPE_TAG_PREFIX)
-                    variants.append({"at": path, "shape": shape, "model": inner.__name__, "fields": _fields_of(inner)})
-        return variants
+        for member in _shape_members(model):
+            if typing.get_origin(member) is not Annotated:
+                continue
+            inner, *metadata = typing.get_args(member)
+            tags = [meta.tag for meta in metadata if isinstance(meta, Tag)]
+            if tags and isinstance(inner, type) and issubclass(inner, BaseModel):
+                points.append((path, tags[0].removeprefix(_SHAPE_TAG_PREFIX), inner))
+        return points
     for name, field in model.model_fields.items():
         for candidate in _models_in(field.annotation):
-            variants.extend(_shape_variants(candidate, f"{path}.{name}", depth + 1))
-    return variants
+            points.extend(_shape_points(candidate, f"{path}.{name}", depth + 1))
+    return points
+
+
+def matched_shapes(event_type: str, data: Any) -> list[str]:
+    """The release shapes (e.g. ``v2.4-v3.1``, ``v3.2+``) that valid ``data`` of this type has, in order."""
+    found: dict[str, None] = {}
+    for spec in specs_for(event_type):
+        for at, shape, variant in _shape_points(spec.model):
+            value = data
+            for part in at.split(".")[1:]:
+                value = value.get(part) if isinstance(value, dict) else None
+            if not isinstance(value, dict) or shape in found:
+                continue
+            try:
+                variant.model_validate(value, context={_PARSE_CERTIFICATES: False})
+            except ValidationError:
+                continue
+            found[shape] = None
+    return list(found)
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-from .catalogue import SPECS, Direction, check_data, json_schemas, specs_for
+from .catalogue import SPECS, Direction, EventKind, check_data, json_schemas, matched_shapes, specs_for
 from .events import Rejection, parse_structured
 
 
@@ -140,9 +140,18 @@ def _verdict(body: bytes) -> str:
     if problem is not None:
         return f"invalid: invalid_data: {problem}"
     kinds = sorted(
-        {f"{spec.generation.value} {spec.direction.value}" for spec in specs if direction in (None, spec.direction)}
+        {
+            f"{spec.generation.value} {_KIND_NAMES.get(spec.kind, spec.direction.value)}"
+            for spec in specs
+            if direction in (None, spec.direction)
+        }
     )
-    return f"ok: {event.type} ({', '.join(kinds)}{note})"
+    shapes = matched_shapes(event.type, event.data)
+    shape = f"; shape {', '.join(shapes)}" if shapes else ""
+    return f"ok: {event.type} ({', '.join(kinds)}{shape}{note})"
+
+
+_KIND_NAMES = {EventKind.AUDIT: "audit copy", EventKind.ERROR: "error record"}
 
 
 def _direction(source: str, directions: set[Direction]) -> Direction | None:

@@ -743,3 +743,18 @@ def test_an_audit_copy_output_is_checked_as_the_entity_the_action_returned() -> 
     for name in ("audit.ca.delete.json", "audit.ca.sign.signature.json", "audit.kms.sign.json"):
         record = orjson.loads((fixtures / name).read_bytes())
         assert check_data(record["type"], record["data"]) is None, name
+
+
+def test_validate_names_the_release_shape_and_the_kind() -> None:
+    fixtures = ROOT / "tests" / "fixtures" / "lamassu"
+    lines = cli(
+        "validate",
+        str(fixtures / "v3.1.0" / "ca.create.json"),
+        str(fixtures / "v3.8.0" / "ca.status.update.json"),
+        str(fixtures / "v3.8.0" / "audit.ca.create.json"),
+        str(fixtures / "v3.8.0" / "ca.create.error.json"),
+    ).stdout.splitlines()
+    assert lines[0].endswith("ok: ca.create (v2.4+/v3 command; shape v2.4-v3.1)")
+    assert lines[1].endswith("ok: ca.status.update (v2.4+/v3 command; shape v3.2+)")
+    assert lines[2].endswith("ok: audit.ca.create (v2.4+/v3 audit copy)")
+    assert lines[3].endswith("ok: ca.create.error (v2.4+/v3 error record)")
