@@ -20,6 +20,7 @@ size, claim-check) and its data is always checked against the catalogue, whateve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import time
 from typing import Any
@@ -30,7 +31,7 @@ from aiohttp import web
 from .catalogue import Direction, check_data
 from .claimcheck import Abandoned
 from .correlation import CorrelationTable, correlation_id
-from .events import Rejection, parse_structured
+from .events import CloudEvent, Rejection, parse_structured
 from .logs import get_logger
 from .metrics import Metrics
 from .outbound import OutboundPipeline
@@ -49,9 +50,29 @@ class CommandApi:
         self._timeout = timeout_seconds
         self._expected = token.encode() if token else None
         self._target: tuple[OutboundPipeline, SqsGateway, QueueInfo] | None = None
+        # A stop: no new command is taken, and callers still waiting are answered at once when the
+        # drain is over (their replies are still relayed to RabbitMQ), not left to their timeout.
+        self._stopping = False
+        self._closed = asyncio.Event()
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/v1/commands", self.post_command)]
+
+    def stop_accepting(self) -> None:
+        """The connector is stopping: new commands get 503; callers already waiting keep waiting."""
+        self._stopping = True
+
+    async def close(self, wait_seconds: float) -> None:
+        """Give waiting callers up to ``wait_seconds`` for their replies, then answer the rest with 503."""
+        self._stopping = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), max(wait_seconds, 0.0))
+        self._closed.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), 5.0)
 
     def attach(self, outbound: OutboundPipeline, sqs: SqsGateway, queue: QueueInfo) -> None:
         """Called once the pipelines run; until then the endpoint answers 503."""
@@ -71,6 +92,19 @@ class CommandApi:
             return denied
         if self._target is None:
             return self._answer("unavailable", 503, {"error": "not_ready", "message": "the connector is starting"})
+        if self._stopping:
+            return self._answer("unavailable", 503, {"error": "stopping", "message": "the connector is stopping"})
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            return await self._command(request)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    async def _command(self, request: web.Request) -> web.Response:
+        assert self._target is not None
         outbound, sqs, queue = self._target
         try:
             parsed = parse_structured(await request.read(), repair_missing_id=False)
@@ -123,20 +157,36 @@ class CommandApi:
                 return self._answer("unavailable", 503, {"error": "sqs_unavailable", "message": detail})
             self._correlation.command_sent(event, track=True)
             log.info("commands.sent", **fields, correlation_id=key)
-            try:
-                answer = await asyncio.wait_for(asyncio.shield(reply), self._timeout)
-            except TimeoutError:
-                log.warning("commands.timeout", **fields, correlation_id=key, timeout_seconds=self._timeout)
-                body = {"error": "timeout", "message": f"no reply within {self._timeout} s", "correlation_id": key}
-                return self._answer("timeout", 504, body)
+            return await self._answer_with(reply, fields, key)
         finally:
             self._correlation.stop_waiting(event)
             reply.cancel()
-        self._metrics.api_commands.labels("replied").inc()
-        return web.Response(
-            body=orjson.dumps(answer.model_dump(mode="json", exclude_unset=True)),
-            content_type="application/cloudevents+json",
-        )
+
+    async def _answer_with(self, reply: asyncio.Future[CloudEvent], fields: dict[str, Any], key: str) -> web.Response:
+        """The reply, or 504 after the timeout, or 503 when the connector stops first."""
+        closed: asyncio.Future[Any] = asyncio.ensure_future(self._closed.wait())
+        waited: set[asyncio.Future[Any]] = {reply, closed}
+        try:
+            done, _ = await asyncio.wait(waited, timeout=self._timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+        if reply in done:
+            self._metrics.api_commands.labels("replied").inc()
+            return web.Response(
+                body=orjson.dumps(reply.result().model_dump(mode="json", exclude_unset=True)),
+                content_type="application/cloudevents+json",
+            )
+        if closed in done:
+            log.warning("commands.stopped_waiting", **fields, correlation_id=key)
+            body = {
+                "error": "stopping",
+                "message": "the connector stopped before the reply came; it is still relayed to RabbitMQ",
+                "correlation_id": key,
+            }
+            return self._answer("unavailable", 503, body)
+        log.warning("commands.timeout", **fields, correlation_id=key, timeout_seconds=self._timeout)
+        body = {"error": "timeout", "message": f"no reply within {self._timeout} s", "correlation_id": key}
+        return self._answer("timeout", 504, body)
 
     def _answer(self, outcome: str, status: int, body: dict[str, Any]) -> web.Response:
         self._metrics.api_commands.labels(outcome).inc()

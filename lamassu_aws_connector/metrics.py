@@ -166,7 +166,7 @@ class Metrics:
         )
         self.api_commands = Counter(
             "lamassu_connector_api_commands",
-            "POST /v1/commands requests by outcome: replied, timeout, invalid, unavailable, rejected",
+            "POST /v1/commands requests by outcome: " + ", ".join(API_OUTCOMES),
             ["outcome"],
             registry=r,
         )

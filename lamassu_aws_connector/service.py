@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import time
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -165,17 +166,30 @@ class Service:
             log.info("connector.started")
             self._start_background(stack, command_queue, response_queue)
             await self._stop.wait()
-            log.info("connector.stopping", grace_seconds=settings.shutdown.grace_seconds)
-            try:
-                await asyncio.wait_for(self._drain(), settings.shutdown.grace_seconds)
-            except TimeoutError:
-                log.warning(
-                    "connector.grace_expired",
-                    detail="unsettled deliveries are left unacked; RabbitMQ will deliver them again",
-                )
-                await asyncio.gather(self.outbound.abort(), self.inbound.abort())
+            await self._shut_down()
         log.info("connector.stopped")
         return 0
+
+    async def _shut_down(self) -> None:
+        """Drain within the grace, while RabbitMQ, SQS and the fleet are still up (the exit stack closes them)."""
+        assert self.outbound is not None and self.inbound is not None
+        grace = self.settings.shutdown.grace_seconds
+        log.info("connector.stopping", grace_seconds=grace)
+        started = time.monotonic()
+        if self.commands is not None:
+            self.commands.stop_accepting()
+        try:
+            await asyncio.wait_for(self._drain(), grace)
+        except TimeoutError:
+            log.warning(
+                "connector.grace_expired",
+                detail="unsettled deliveries are left unacked; RabbitMQ will deliver them again",
+            )
+            await asyncio.gather(self.outbound.abort(), self.inbound.abort())
+        if self.commands is not None:
+            # The API's waiting callers may still get their replies for what is left of the grace;
+            # then they are answered 503 at once, not left to their timeout.
+            await self.commands.close(grace - (time.monotonic() - started))
 
     def _start_background(self, stack: AsyncExitStack, command_queue: QueueInfo, response_queue: QueueInfo) -> None:
         """The periodic depth samples and summary line, cancelled on the way out."""

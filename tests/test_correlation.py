@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from typing import Any
 
@@ -28,6 +29,7 @@ from lamassu_aws_connector.events import CloudEvent, parse_amqp, parse_structure
 from lamassu_aws_connector.inbound import _trace_context as inbound_trace
 from lamassu_aws_connector.metrics import Metrics
 from lamassu_aws_connector.outbound import _trace_context as outbound_trace
+from lamassu_aws_connector.service import Service
 
 from . import samples
 from .conftest import World, running, wait_for
@@ -554,3 +556,34 @@ async def test_a_reply_that_overtakes_its_command_announcement_still_reaches_its
     assert total("replies_correlated_total", outcome="orphan") == 1
     assert total("commands_expired_total", event_type="io.lamassu.iotcore.config.request") == 0
     assert all(len(table) == 0 for table in tables)
+
+
+@pytest.mark.integration
+async def test_a_stop_refuses_new_commands_and_answers_waiting_callers_within_the_grace(world: World) -> None:
+    token = "t0ken-for-the-command-api"
+    settings = world.settings(
+        http={"commands": True, "commands_timeout_seconds": 30, "auth_token": token}, shutdown={"grace_seconds": 3}
+    )
+    service = Service(settings)
+    task = asyncio.create_task(service.run())
+    await asyncio.wait_for(service.started.wait(), 30)
+    base = f"http://127.0.0.1:{service.http.port}/v1/commands"
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
+        unanswered = event("io.lamassu.iotcore.thing.config.request", data={"device_id": "d"})
+        waiting = asyncio.create_task(session.post(base, data=samples.body(unanswered)))
+        await wait_for(lambda: service.correlation.awaited(parse_structured(samples.body(unanswered)).event))
+        stop_requested = time.monotonic()
+        service.request_stop()
+        late = event("io.lamassu.iotcore.thing.config.request", data={"device_id": "late"})
+        async with session.post(base, data=samples.body(late)) as response:
+            assert response.status == 503 and (await response.json())["error"] == "stopping"
+        async with await waiting as response:
+            # Not left to its 30 s timeout: answered when the grace is over, its reply still relayed later.
+            assert response.status == 503, await response.text()
+            assert (await response.json())["correlation_id"] == unanswered["id"]
+    assert await asyncio.wait_for(task, 15) == 0
+    assert time.monotonic() - stop_requested < 3 + 5  # the grace, and the close of what is left
+    assert metric(service, "api_commands", outcome="unavailable") == 2
+    sent = [orjson.loads(m["Body"])["id"] for m in await world.take_sqs(world.command_queue, 1)]
+    assert sent == [unanswered["id"]]  # the late command never reached SQS
+    assert await world.sqs_count(world.command_queue) == 0
