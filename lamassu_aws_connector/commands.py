@@ -7,9 +7,9 @@ attributes, and the handler waits for the reply the correlation table matches to
 relayed to RabbitMQ as usual). Answers: 200 with the reply, 400 invalid event or a type that is
 not a tracked command (catalogue commands with a known reply, or ``correlation.command_types``),
 401 without the bearer token (``http.auth_token``), 409 when the correlation id is outstanding (a
-caller waits on it, or a command sent with it still awaits its reply), 413 too large, 503 not ready
-or SQS (or S3, for a claim-checked command) unreachable, 502 SQS refused it, 504 no reply within
-``http.commands_timeout_seconds``. In a fleet, a reply relayed by another replica is announced to
+caller waits on it, or a command sent with it still awaits its reply), 413 too large, 503 not ready,
+stopping, or SQS (or S3, for a claim-checked command) unreachable, 502 SQS refused it, 504 no reply
+within ``http.commands_timeout_seconds``. In a fleet, a reply relayed by another replica is announced to
 this one (fleet.py), so any replica answers.
 
 The event passes the outbound flow's checks (``OutboundPipeline.entry_for``: characters SQS refuses,
