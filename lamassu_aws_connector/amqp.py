@@ -293,6 +293,10 @@ class TlsError(Exception):
     """The broker's certificate (or ours) is not accepted: a configuration problem, not an outage."""
 
 
+# A basic.cancel the broker does not answer in this time is given up (the channel is in trouble).
+CANCEL_TIMEOUT_SECONDS = 5.0
+
+
 class VhostRefused(ConnectionError):
     """RabbitMQ closed the connection at Connection.Open: the virtual host does not exist, or the user
     may not use it (530 NOT_ALLOWED). aiormq reports it as an unexpected frame."""
@@ -577,8 +581,13 @@ class AmqpGateway:
     async def cancel_consumer(self) -> None:
         if self._queue is not None and self._consumer_tag is not None:
             tag, self._consumer_tag = self._consumer_tag, None
+            if not self.connected:
+                # A robust queue's cancel waits for the broker to come back: a stop would sit out its
+                # whole grace. With the connection gone, its deliveries are back in the queue anyway.
+                log.info("amqp.cancel_skipped", reason="the connection is down; its deliveries return to the queue")
+                return
             try:
-                await self._queue.cancel(tag)
+                await asyncio.wait_for(self._queue.cancel(tag), CANCEL_TIMEOUT_SECONDS)
             except Exception as exc:  # the channel may already be gone; deliveries then return anyway
                 log.warning("amqp.cancel_failed", error=repr(exc))
 

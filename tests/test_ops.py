@@ -75,6 +75,26 @@ async def test_readiness_follows_the_broker_connection(world: World) -> None:
         await proxy.stop()
 
 
+async def test_a_stop_while_rabbitmq_is_away_does_not_wait_out_the_grace(world: World) -> None:
+    proxy, host_port = amqp_proxy()
+    await proxy.start()
+    url = AMQP_URL.replace(host_port, f"127.0.0.1:{proxy.port}")
+    settings = world.settings(amqp={"url": url, "reconnect_interval_seconds": 1}, shutdown={"grace_seconds": 10})
+    service = Service(settings)
+    task = asyncio.create_task(service.run())
+    try:
+        await asyncio.wait_for(service.started.wait(), 30)
+        await proxy.stop()
+        await wait_for(lambda: _ready_status(service, 503), 10, "readiness 503 after losing RabbitMQ")
+        stopping = asyncio.get_running_loop().time()
+        service.request_stop()
+        assert await asyncio.wait_for(task, 20) == 0
+        # A robust queue's basic.cancel waits for the broker: the stop used to sit out the 10 s grace.
+        assert asyncio.get_running_loop().time() - stopping < 5
+    finally:
+        await proxy.stop()
+
+
 async def test_readiness_follows_sqs(world: World) -> None:
     host, port = SQS_ENDPOINT.removeprefix("http://").split(":")
     proxy = TcpProxy(host, int(port))
