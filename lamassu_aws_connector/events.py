@@ -335,17 +335,17 @@ def parse_amqp(
     return parse_structured(body, repair_missing_id=repair_missing_id, add_correlation_id=add_correlation_id)
 
 
-# For identify(): the first "id" / "type" string member of a body that is not valid JSON (or too large to parse).
-_PEEK_BYTES = 65536
-_PEEK_MEMBER = {
-    name: re.compile(rb'"' + name.encode() + rb'"\s*:\s*"((?:[^"\\]|\\.){0,256})"') for name in ("id", "type")
-}
+# identify() looks at most this much of a body it cannot parse, for its top-level "id" and "type".
+_PEEK_BYTES = 16384
+_PEEK_STRING = re.compile(rb'"((?:[^"\\]|\\.)*)"')
+_PEEK_COLON = re.compile(rb"\s*:\s*")
+_PEEK_TOKEN = re.compile(rb'["{}\[\]]')
 _IDENTITY_MAX_CHARS = 200
 
 
 def identify(body: bytes, headers: Mapping[str, Any] | None = None) -> dict[str, str]:
     """Best-effort ``event_id`` and ``event_type`` of a message that was rejected, for its log line and
-    ``dlq list``: from binary-mode headers, else the parsed body, else a peek at its first 64 KiB.
+    ``dlq list``: from binary-mode headers, else the parsed body, else a peek at its first 16 KiB.
     Never raises; values are cut to 200 characters. Rejection path only: it may parse the body again."""
     found: dict[str, str] = {}
     for key, value in (headers or {}).items():
@@ -371,9 +371,45 @@ def identify(body: bytes, headers: Mapping[str, Any] | None = None) -> dict[str,
             if isinstance(value, str) and value:
                 found[f"event_{name}"] = value[:_IDENTITY_MAX_CHARS]
             continue
-        match = _PEEK_MEMBER[name].search(body, 0, _PEEK_BYTES)
-        if match and match.group(1):
-            found[f"event_{name}"] = match.group(1).decode("utf-8", "replace")[:_IDENTITY_MAX_CHARS]
+        value = _top_level_strings(body[:_PEEK_BYTES], {b"id", b"type"}).get(name.encode())
+        if value:
+            found[f"event_{name}"] = value.decode("utf-8", "replace")[:_IDENTITY_MAX_CHARS]
+    return found
+
+
+def _top_level_strings(head: bytes, wanted: set[bytes]) -> dict[bytes, bytes]:
+    """The ``wanted`` string members of the outermost object in the first bytes of a body that is not
+    valid JSON (first occurrence wins; nested objects are skipped, so data.id is never taken for the
+    event's); stops once all are found."""
+    found: dict[bytes, bytes] = {}
+    depth = 0
+    position = 0
+    while True:
+        token = _PEEK_TOKEN.search(head, position)
+        if token is None:
+            break
+        position = token.start()
+        byte = head[position]
+        if byte == 0x22:  # a string: a member name at depth 1 when a colon follows it
+            string = _PEEK_STRING.match(head, position)
+            if string is None:
+                break
+            position = string.end()
+            colon = _PEEK_COLON.match(head, position)
+            if depth == 1 and colon is not None:
+                value = _PEEK_STRING.match(head, colon.end())
+                if value is not None:
+                    if string.group(1) in wanted:
+                        found.setdefault(string.group(1), value.group(1))
+                        if len(found) == len(wanted):
+                            break
+                    position = value.end()
+            continue
+        if byte in b"{[":
+            depth += 1
+        elif byte in b"}]":
+            depth -= 1
+        position += 1
     return found
 
 

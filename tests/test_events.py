@@ -729,6 +729,9 @@ def test_identify_names_a_rejected_message_as_far_as_it_can_be_read() -> None:
     }
     assert identify(b'\xef\xbb\xbf{"type":"a\\"b","id":"e-2"') == {"event_id": "e-2", "event_type": 'a\\"b'}
     assert identify(b'{"id": 7, "type": ["x"]}') == {}  # parsed: only strings count
+    # Not JSON, its data first: the event's own members are named, never data.id.
+    broken = b'{"data": {"id": "inner", "type": "inner.t", "list": ["id"]}, "id": "e-02", "type": "outer.t" broken'
+    assert identify(broken) == {"event_id": "e-02", "event_type": "outer.t"}
     assert identify(b"[1, 2]") == {} and identify(b"") == {} and identify(bytes(range(256))) == {}
     huge = b'{"id":"big-1","type":"ca.create","data":"' + b"x" * (3 * 1024 * 1024) + b'"}'
     assert identify(huge) == {"event_id": "big-1", "event_type": "ca.create"}  # peeked at, not parsed
