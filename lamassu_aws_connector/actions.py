@@ -307,7 +307,8 @@ class LamassuCaClient:
                     dropped += 1  # a pooled connection the CA (or a proxy) closed: try a fresh one
                     await asyncio.sleep(0.1 * dropped)
                     continue
-                self._health.down(LAMASSU_CA, label, repr(exc))
+                if outcome is Outcome.DEPENDENCY:  # a read timeout is this request's trouble, not the CA's state
+                    self._health.down(LAMASSU_CA, label, repr(exc))
                 raise LamassuError(operation, outcome, label, f"{method} {path}: {label}: {exc!r}"[:500]) from exc
             break
         label = _status_label(http_status)
@@ -323,11 +324,13 @@ class LamassuCaClient:
         lamassu_error = isinstance(err, str)
         detail = str(err) if lamassu_error else raw[:200].decode("utf-8", "replace")
         outcome = classify_answer(http_status, lamassu_error)
-        if outcome is Outcome.PERMANENT:
-            self._health.up(LAMASSU_CA)  # Lamassu answered, and said no: the CA is there
-        else:
+        if outcome is Outcome.DEPENDENCY:
             error = {401: "unauthorized", 403: "forbidden"}.get(http_status, f"http_{http_status}")
             self._health.down(LAMASSU_CA, error, f"{method} {path} answered {http_status}: {detail}")
+        else:
+            # Lamassu answered: with a refusal (the reply's fault) or a 5xx / 408 / 429 (this request's
+            # trouble, retried and counted per reply): the CA is there, readiness does not wait on it.
+            self._health.up(LAMASSU_CA)
         message = f"{method} {path} answered {http_status}: {detail or '(no body)'}"
         raise LamassuError(operation, outcome, label, message[:500], http_status)
 

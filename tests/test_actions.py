@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -22,12 +23,14 @@ from cryptography.x509.oid import NameOID
 from lamassu_aws_connector import status
 from lamassu_aws_connector.actions import (
     HOLD,
+    LAMASSU_CA,
     RELAY,
     REVOKE,
     SIGN,
     SIGNED_CODE,
     ActionsUnusable,
     CommandNotSent,
+    LamassuCaClient,
     LamassuError,
     ReplyActions,
     classify_answer,
@@ -773,3 +776,35 @@ async def test_unusable_tls_files_stop_the_start_with_the_key_named(tmp_path: An
     with pytest.raises(ActionsUnusable, match=r"actions\.lamassu_ca\.tls"):
         async with opened:
             pass
+
+
+async def test_a_5xx_or_a_read_timeout_is_the_request_s_trouble_not_the_ca_s_readiness() -> None:
+    """Retried per reply and counted; readiness names lamassu_ca only for what every request would meet
+    (unreachable, TLS, 401/403): once replies stop needing the CA, nothing would clear it again."""
+    answers = [500, 503, 429, 401, 500]
+    seen: list[int] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        status = answers[len(seen)]
+        seen.append(status)
+        return web.json_response({"err": "busy"} if status != 401 else {}, status=status)
+
+    app = web.Application()
+    app.router.add_put("/api/ca/v1/certificates/{sn}/status", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    metrics = Metrics()
+    health = DependencyHealth(metrics, (LAMASSU_CA,))
+    config = ActionsConfig(lamassu_ca={"url": f"http://127.0.0.1:{port}/api/ca"}).lamassu_ca
+    try:
+        async with LamassuCaClient(config, metrics, health) as client:
+            for expected in answers:
+                with pytest.raises(LamassuError) as failed:
+                    await client.set_certificate_status("0a", "REVOKED", "Unspecified")
+                assert failed.value.http_status == expected
+                assert health.checks()[LAMASSU_CA] is (expected != 401), expected
+    finally:
+        await runner.cleanup()
