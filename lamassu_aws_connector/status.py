@@ -45,7 +45,7 @@ DEFAULT_PEEK = 1000
 class QueueStatus:
     name: str
     role: str
-    exists: bool = True
+    exists: bool | None = True  # None: not looked at (its side did not answer)
     messages: int | None = None  # RabbitMQ: ready; SQS: ApproximateNumberOfMessages
     consumers: int | None = None  # RabbitMQ only
     in_flight: int | None = None  # SQS only: ApproximateNumberOfMessagesNotVisible
@@ -186,7 +186,7 @@ def _unknown(side: SideStatus, expected: list[tuple[str, str]]) -> None:
     looked_at = {queue.name for queue in side.queues}
     for name, role in expected:
         if name not in looked_at:
-            side.queues.append(QueueStatus(name, role, error="not looked at: unreachable"))
+            side.queues.append(QueueStatus(name, role, exists=None, error="not looked at: unreachable"))
 
 
 async def _dead_letters(
@@ -338,10 +338,10 @@ def render(status: Status) -> str:
 
 
 def _queue_line(queue: QueueStatus) -> str:
-    if not queue.exists:
-        return "DOES NOT EXIST"
     if queue.error is not None:
         return f"ERROR: {queue.error}"
+    if not queue.exists:
+        return "DOES NOT EXIST"
     if queue.in_flight is not None:
         return f"{queue.messages} visible, {queue.in_flight} in flight"
     if queue.consumers is not None:
