@@ -26,6 +26,7 @@ from .service import Service, StartupError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
 KNOWN_CODES = frozenset(code.value for code in ErrorCode)
+SHOW_BODY_BYTES = 64 * 1024  # dlq show prints this much of a body unless --full
 
 _DESCRIPTION = """\
 Bridge Lamassu IoT's RabbitMQ and AWS SQS, at-least-once, both ways.
@@ -126,6 +127,7 @@ def _add_operator_tools(commands: argparse._SubParsersAction[argparse.ArgumentPa
         help="events (amqp.dead_letter_queue), replies (amqp.reply_dead_letter_queue), or a queue name "
         "(default: events, then replies)",
     )
+    show.add_argument("--full", action="store_true", help="the whole body, however large (default: its first 64 KiB)")
     replay = dlq_commands.add_parser("replay", help="move matching dead letters back; the others stay")
     replay.add_argument("--queue", "-q", default="events", help=queue_help)
     replay.add_argument("--code", help="only this x-error-code (e.g. too_large)")
@@ -289,7 +291,10 @@ def _dlq_show(settings: Settings, args: argparse.Namespace) -> int:
             shown = value.decode("utf-8", "replace") if isinstance(value, bytes | bytearray) else value
             print(f"  {key}: {shown}")
         print("body:")
-        print(detail.body.decode("utf-8", "replace"))
+        shown_body = detail.body if args.full else detail.body[:SHOW_BODY_BYTES]
+        print(shown_body.decode("utf-8", "replace"))
+        if len(shown_body) < len(detail.body):
+            print(f"[... {len(detail.body) - len(shown_body)} more bytes; --full shows the whole body]")
     return EXIT_OK
 
 

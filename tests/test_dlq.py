@@ -267,6 +267,16 @@ async def test_show_purge_and_the_id_filter(world: World, tmp_path: Path) -> Non
     assert detail.letter.event_id == "a-3" and detail.headers["x-error-code"] == "too_large"
     missing = cli(settings, tmp_path, "dlq", "show", "nope")
     assert missing.returncode == 1 and "no dead letter with id 'nope'" in missing.stderr
+    big = letter("big-1", "too_large")
+    big.body = b'{"id": "big-1", "data": "' + b"x" * 100_000 + b'"}'
+    await channel.default_exchange.publish(big, routing_key=world.reply_dlq)
+    cut = cli(settings, tmp_path, "dlq", "show", "big-1")
+    assert (
+        cut.returncode == 0 and f"[... {len(big.body) - 65536} more bytes; --full shows the whole body]" in cut.stdout
+    )
+    whole = cli(settings, tmp_path, "dlq", "show", "big-1", "--full")
+    assert big.body.decode() in whole.stdout and "more bytes" not in whole.stdout
+    assert (await dlq.purge(settings, "replies", event_id="big-1")).purged == 1
     # Without --queue, an id copied from an inbound.dead_lettered line is found among the replies too.
     shown = cli(settings, tmp_path, "dlq", "show", "sqs-msg-9")
     assert shown.returncode == 0 and "x-sqs-message-id: sqs-msg-9" in shown.stdout, shown.stderr
