@@ -60,6 +60,7 @@ from pydantic import (
     model_validator,
 )
 
+from .config import models_in
 from .events import CloudEvent
 from .logs import get_logger
 from .metrics import Metrics
@@ -1095,7 +1096,7 @@ def _shape_points(model: type[BaseModel], path: str = "data", depth: int = 0) ->
                 points.append((path, tags[0].removeprefix(_SHAPE_TAG_PREFIX), inner))
         return points
     for name, field in model.model_fields.items():
-        for candidate in _models_in(field.annotation):
+        for candidate in models_in(field.annotation):
             points.extend(_shape_points(candidate, f"{path}.{name}", depth + 1))
     return points
 
@@ -1116,15 +1117,6 @@ def matched_shapes(event_type: str, data: Any) -> list[str]:
                 continue
             found[shape] = None
     return list(found)
-
-
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    found: list[type[BaseModel]] = []
-    for argument in typing.get_args(annotation):
-        found.extend(_models_in(argument))
-    return found
 
 
 def _shape_members(model: type[BaseModel]) -> tuple[Any, ...]:

@@ -501,15 +501,16 @@ def _env_names(model: type[BaseModel], prefix: str) -> dict[str, str]:
     for key, field in model.model_fields.items():
         name = f"{prefix}__{key.upper()}" if prefix != ENV_PREFIX.rstrip("_") else f"{prefix}_{key.upper()}"
         names[re.sub("_+", "_", name)] = name
-        for nested in _models_in(field.annotation):
+        for nested in models_in(field.annotation):
             names.update(_env_names(nested, name))
     return names
 
 
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
+def models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation names, through Optional, unions, lists and Annotated."""
     if isinstance(annotation, type):
         return [annotation] if issubclass(annotation, BaseModel) else []
-    return [model for argument in typing.get_args(annotation) for model in _models_in(argument)]
+    return [model for argument in typing.get_args(annotation) for model in models_in(argument)]
 
 
 def _describe(exc: ValidationError) -> str:
