@@ -758,3 +758,26 @@ def test_validate_names_the_release_shape_and_the_kind() -> None:
     assert lines[1].endswith("ok: ca.status.update (v2.4+/v3 command; shape v3.2+)")
     assert lines[2].endswith("ok: audit.ca.create (v2.4+/v3 audit copy)")
     assert lines[3].endswith("ok: ca.create.error (v2.4+/v3 error record)")
+
+
+@pytest.mark.parametrize(
+    ("fixture", "path", "value"),
+    [
+        ("kms.create", ("size",), "256"),  # Go's decoder refuses a string for an int
+        ("kms.create", ("size",), 256.0),  # ... and a float
+        ("kms.create", ("has_private_key",), "true"),
+        ("kms.create", ("has_private_key",), 1),
+        ("ca.create", ("level",), "0"),
+        ("ca.create", ("certificate", "certificate"), None),  # a certificate Lamassu holds has its PEM
+        ("device-group.create", ("criteria", 0, "operand"), "eq"),  # resources.FilterOperation is an int
+    ],
+)
+def test_go_typed_fields_take_what_go_would_write(fixture: str, path: tuple[Any, ...], value: Any) -> None:
+    data = orjson.loads((ROOT / "tests" / "fixtures" / "lamassu" / "v3.8.0" / f"{fixture}.json").read_bytes())["data"]
+    assert check_data(fixture, data) is None
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    problem = check_data(fixture, data)
+    assert problem is not None and ".".join(map(str, path)) in problem, problem
