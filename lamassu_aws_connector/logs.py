@@ -17,14 +17,15 @@ def _orjson_dumps(obj: Any, default: Any = None) -> bytes:
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
-    use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    on_terminal = sys.stderr.isatty()
+    use_console = fmt == "console" or (fmt == "auto" and on_terminal)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if use_console:
-        processors = [*shared, structlog.dev.ConsoleRenderer()]
+        processors = [*shared, structlog.dev.ConsoleRenderer(colors=on_terminal)]
         factory: Any = structlog.PrintLoggerFactory(file=sys.stderr)
     else:
         processors = [
@@ -43,7 +44,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     # stream and in the same format, so a JSON log stays one JSON object per line (tracebacks included).
     foreign: list[Any] = [*shared, structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder()]
     renderer: Any = (
-        structlog.dev.ConsoleRenderer()
+        structlog.dev.ConsoleRenderer(colors=on_terminal)
         if use_console
         else structlog.processors.JSONRenderer(serializer=lambda obj, **_: orjson.dumps(obj, default=str).decode())
     )

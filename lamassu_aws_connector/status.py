@@ -183,6 +183,9 @@ async def _rabbitmq(settings: Settings, peek: int, wait_seconds: float) -> SideS
 
 def _unknown(side: SideStatus, expected: list[tuple[str, str]]) -> None:
     """A side that could not be read still names every queue it should hold, with no depth."""
+    for queue in side.queues:
+        if queue.exists and queue.messages is None and queue.error is None:
+            queue.error = "depth not read: the side stopped answering"
     looked_at = {queue.name for queue in side.queues}
     for name, role in expected:
         if name not in looked_at:
@@ -221,14 +224,16 @@ async def _sqs(settings: Settings, wait_seconds: float) -> SideStatus:
     try:
         async with SqsGateway(config, Metrics()) as gateway:
             for name, role in expected:
+                # Listed only once SQS has answered about it, so that a failed look-up leaves it "not looked at".
                 queue = QueueStatus(name, role)
-                side.queues.append(queue)
                 try:
                     info = await asyncio.wait_for(gateway.resolve(name, create=False), wait_seconds)
                 except QueueNotFound:
                     side.reachable = True
                     queue.exists = False
+                    side.queues.append(queue)
                     continue
+                side.queues.append(queue)
                 side.reachable, side.server = True, f"answers (region {config.region})"
                 queue.url = info.url
                 queue.messages, queue.in_flight = await asyncio.wait_for(gateway.depth(info), wait_seconds)

@@ -413,3 +413,17 @@ def test_library_log_lines_are_json_lines_too() -> None:
     assert record["logger"] == "aiormq.connection" and record["level"] == "error"
     assert record["event"] == "Unexpected connection close from remote"
     assert "ConnectionResetError: peer gone" in record["exception"]
+
+
+def test_a_console_log_written_to_a_file_carries_no_colour_codes() -> None:
+    script = (
+        "import logging, structlog\n"
+        "from lamassu_aws_connector.logs import configure_logging\n"
+        "configure_logging('info', 'console')\n"
+        "structlog.get_logger().warning('outbound.dead_lettered', event_id='e-1', error_code='invalid_json')\n"
+        "logging.getLogger('aiormq.connection').warning('library line')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert "event_id=e-1" in result.stderr and "error_code=invalid_json" in result.stderr
+    assert "library line" in result.stderr
+    assert "\x1b[" not in result.stderr

@@ -243,6 +243,31 @@ async def test_status_names_what_does_not_answer(world: World, tmp_path: Path) -
     assert "does not exist" in result.stderr  # nothing declared the queues of this test's names yet
 
 
+@pytest.mark.integration
+async def test_an_endpoint_that_answers_but_is_not_sqs_leaves_the_queues_unread(world: World, tmp_path: Path) -> None:
+    async def not_sqs(_: web.Request) -> web.Response:
+        return web.Response(status=404, text="<html>not here</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", not_sqs)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        settings = world.settings(sqs={"endpoint_url": f"http://127.0.0.1:{port}"})
+        code, out, _ = await cli_async(settings, tmp_path, "--peek", "0", "--json")
+    finally:
+        await runner.cleanup()
+    assert code == 1
+    queues = {queue["name"]: queue for queue in orjson.loads(out)["sqs"]["queues"]}
+    assert set(queues) == {world.command_queue, world.response_queue}
+    for queue in queues.values():  # neither claimed to exist with an unknown depth
+        assert queue["messages"] is None
+        assert queue["exists"] is None
+        assert queue["error"]
+
+
 # --- scripts/services.sh: which clone started what ------------------------------------------------
 
 
