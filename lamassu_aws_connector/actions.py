@@ -628,7 +628,8 @@ class ReplyActions:
         self._signed: OrderedDict[str, ParsedEvent] = OrderedDict()  # signed-codes SQS has not confirmed
         self._memory_limit = memory_limit
         self._signed_limit = signed_limit
-        self._locks = _KeyLocks()
+        self._locks = _KeyLocks()  # by reply: copies of one reply
+        self._serial_locks = _KeyLocks()  # by serial number: notices of one revocation
         self._stopping = asyncio.Event()
         # Serials this process revoked (or found revoked) lately, by when: CloudTrail reports one
         # revocation in several notices, and a second PUT would only earn a 400 and a GET.
@@ -803,6 +804,12 @@ class ReplyActions:
             serial = normalize_serial(raw)
         except ValueError as exc:
             raise Refused(f"data.serial_number: {exc}") from None
+        # Notices of one revocation arrive together (CloudTrail writes several): one at a time per
+        # serial, so the second finds the first's result in memory instead of sending its own PUT.
+        async with self._serial_locks.hold(serial):
+            return await self._revoke_serial(serial, fields)
+
+    async def _revoke_serial(self, serial: str, fields: dict[str, Any]) -> str:
         if self._recently_revoked(serial):
             log.info(
                 "actions.already_revoked", **fields, serial_number=serial, seen_within_seconds=REVOKED_MEMORY_SECONDS

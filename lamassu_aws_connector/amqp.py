@@ -377,6 +377,7 @@ class AmqpGateway:
         self._consumer_tag: str | None = None
         self._fleet_channel: AbstractRobustChannel | None = None
         self._fleet_exchange: AbstractExchange | None = None
+        self._events_queue_quorum: bool | None = None
         self._closing = False
 
     def _ssl_context(self) -> ssl.SSLContext | None:
@@ -508,6 +509,29 @@ class AmqpGateway:
             "another consumer of it competes for every event (docs/deployment.md, 'Beside Lamassu v1')",
         )
         return queue
+
+    async def events_queue_is_quorum(self) -> bool:
+        """Whether the events queue is a quorum queue, whose ``x-delivery-count`` RabbitMQ writes.
+
+        On a classic queue that header can only come from a publisher. Asked rarely (a redelivered
+        message carrying it), answered by a declare that must match the queue's type, on a channel of
+        its own, since a mismatch closes the channel; remembered once known.
+        """
+        if self._events_queue_quorum is not None:
+            return self._events_queue_quorum
+        assert self.connection is not None
+        channel = await self.connection.channel()
+        try:
+            await channel.declare_queue(self._config.queue, durable=True, arguments={"x-queue-type": "quorum"})
+        except ChannelPreconditionFailed:
+            self._events_queue_quorum = False
+        else:
+            self._events_queue_quorum = True
+        finally:
+            if not channel.is_closed:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+        return self._events_queue_quorum
 
     async def _fresh_consume_channel(self) -> None:
         assert self.connection is not None

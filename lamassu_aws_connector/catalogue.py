@@ -61,7 +61,7 @@ from pydantic import (
 )
 
 from .config import models_in
-from .events import CloudEvent
+from .events import CloudEvent, check_rfc3339
 from .logs import get_logger
 from .metrics import Metrics
 
@@ -101,6 +101,11 @@ IssuerSerialNumber = Annotated[str, StringConstraints(pattern=rf"^(?:{_SERIAL}|-
 SerialNumberOrEmpty = Annotated[str, StringConstraints(pattern=rf"^(?:{_SERIAL})?$")]
 
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+GoString = Annotated[str, Strict()]  # a Go string field: a JSON string, never a number or an object
+# Go's time.Time: encoding/json writes RFC 3339 (nanoseconds, offset) and its decoder refuses anything else.
+GoTime = Annotated[
+    str, Strict(), AfterValidator(check_rfc3339), WithJsonSchema({"type": "string", "format": "date-time"})
+]
 StrictFlag = Annotated[bool, Strict()]  # true or false only: not 0, 1, "yes"
 # Go's encoding/json writes an int as a JSON integer and refuses "256" or 256.0 for one: so do we.
 GoInt = Annotated[int, Strict()]
@@ -123,6 +128,8 @@ TrueFlag = Annotated[bool, Strict(), AfterValidator(_must_be(True)), WithJsonSch
 
 # Validation-context key: False keeps the X.509 parse of Base64PemCertificate fields off (shape only).
 _PARSE_CERTIFICATES = "parse_certificates"
+# Validation-context key: whether the event carries data_base64 (a model of binary data requires it).
+_HAS_DATA_BASE64 = "has_data_base64"
 
 
 @functools.lru_cache(maxsize=512)
@@ -516,6 +523,8 @@ class V2Ca(_Data):
     status: V2CertificateStatus
     serial_number: SerialNumber
     certificate: Base64PemCertificate
+    valid_from: GoInt | None = None  # Unix milliseconds
+    valid_to: GoInt | None = None
 
 
 class V2Certificate(_Data):
@@ -623,6 +632,17 @@ class V2DmsCreated(_Data):
 # --- v2.4+ / v3 -----------------------------------------------------------------------------------
 
 
+class KeyStrengthMetadata(_Data):
+    """models.KeyStrengthMetadata: key type (``RSA``, ``ECDSA``, ...), bits and strength, written by every version.
+
+    Source: lamassuiot/lamassuiot core/pkg/models/cryptokey.go (pkg/models before v3.0.0).
+    """
+
+    type: GoString | None = None
+    bits: GoInt | None = None
+    strength: GoString | None = None
+
+
 class IssuerMetadata(_Data):
     serial_number: IssuerSerialNumber | None = None
     id: str | None = None
@@ -642,6 +662,10 @@ class Certificate(_Data):
     certificate: Base64PemCertificate  # *X509Certificate: never nil for a certificate Lamassu holds
     issuer_metadata: IssuerMetadata | None = None
     metadata: dict[str, Any] | None = None
+    key_metadata: KeyStrengthMetadata | None = None
+    valid_from: GoTime | None = None
+    valid_to: GoTime | None = None
+    revocation_timestamp: GoTime | None = None
 
 
 class CaFlat(_Data):
@@ -658,6 +682,11 @@ class CaFlat(_Data):
     issuer_metadata: IssuerMetadata | None = None
     metadata: dict[str, Any] | None = None
     level: GoInt | None = None
+    key_metadata: KeyStrengthMetadata | None = None
+    valid_from: GoTime | None = None
+    valid_to: GoTime | None = None
+    revocation_timestamp: GoTime | None = None
+    creation_ts: GoTime | None = None
 
 
 class CaNested(_Data):
@@ -672,6 +701,7 @@ class CaNested(_Data):
     serial_number: SerialNumber | None = None
     metadata: dict[str, Any] | None = None
     level: GoInt | None = None
+    creation_ts: GoTime | None = None
 
 
 CaShapes = Annotated[
@@ -723,9 +753,11 @@ class SignaturePayload(_RootData[None]):
 
     @model_validator(mode="before")
     @classmethod
-    def _absent(cls, value: Any) -> Any:
+    def _absent(cls, value: Any, info: ValidationInfo) -> Any:
         if value is not None:
             raise ValueError("must be absent: Lamassu sends the signature bytes base64-encoded in data_base64")
+        if isinstance(info.context, dict) and info.context.get(_HAS_DATA_BASE64) is False:
+            raise ValueError("must come with data_base64 (the signature bytes, base64-encoded): the event has neither")
         return value
 
 
@@ -780,6 +812,7 @@ class KmsKeyV36(_Data):
     size: GoInt | None = None
     public_key: str | None = None
     status: V3CertificateStatus | None = None
+    creation_ts: GoTime | None = None
 
 
 class KmsKeyV37(_Data):
@@ -789,11 +822,12 @@ class KmsKeyV37(_Data):
     """
 
     key_id: NonEmpty
-    name: str | None = None
+    name: GoString  # Go writes it always (no omitempty), "" when the key has no name
     algorithm: str | None = None
     size: GoInt | None = None
     public_key: str | None = None
     has_private_key: StrictFlag | None = None
+    creation_ts: GoTime | None = None
     aliases: list[str] | None = None
     tags: list[str] | None = None
     metadata: dict[str, Any] | None = None
@@ -865,6 +899,7 @@ class Device(_Data):
     tags: list[str] | None = None
     metadata: dict[str, Any] | None = None
     dms_owner: str | None = None
+    creation_timestamp: GoTime | None = None
 
 
 class DeviceGroupCriterion(_Data):
@@ -885,9 +920,11 @@ class DeviceGroup(_Data):
     """
 
     id: NonEmpty
-    name: str | None = None
+    name: GoString  # Go writes it always (no omitempty)
     parent_id: str | None = None
     criteria: list[DeviceGroupCriterion] | None = None
+    created_at: GoTime | None = None
+    updated_at: GoTime | None = None
 
 
 class Dms(_Data):
@@ -896,6 +933,7 @@ class Dms(_Data):
     id: NonEmpty
     name: str | None = None
     metadata: dict[str, Any] | None = None
+    creation_ts: GoTime | None = None
 
 
 class Enrollment(_Data):
@@ -981,7 +1019,7 @@ class AuditRecord(_Data):
 
     input: dict[str, Any]
     has_error: FalseFlag
-    output: Any = None
+    output: Any  # always written (no omitempty); null for some deletes
 
 
 class ErrorRecord(_Data):
@@ -1542,13 +1580,19 @@ def is_known(event_type: str) -> bool:
 
 
 def check_data(
-    event_type: str, data: Any, direction: Direction | None = None, *, parse_certificates: bool = True
+    event_type: str,
+    data: Any,
+    direction: Direction | None = None,
+    *,
+    parse_certificates: bool = True,
+    has_data_base64: bool | None = None,
 ) -> str | None:
     """Why ``data`` does not fit the catalogue model of ``event_type``, or None (also for unknown types).
 
     A type known in both directions (v1 ``io.lamassu.iotcore.*.status.update``) is checked against
     the model of ``direction`` when given, else it passes if either model accepts it.
     ``parse_certificates``: False checks certificate fields for shape only (no X.509 parse).
+    ``has_data_base64``: whether the event carries ``data_base64`` (None: not known, not checked).
     """
     specs = _resolve(event_type)[1]
     if not specs:
@@ -1556,7 +1600,9 @@ def check_data(
     if direction is not None and len(specs) > 1:
         specs = tuple(spec for spec in specs if spec.direction == direction) or specs
     problems = []
-    context = {_PARSE_CERTIFICATES: parse_certificates}
+    context: dict[str, Any] = {_PARSE_CERTIFICATES: parse_certificates}
+    if has_data_base64 is not None:
+        context[_HAS_DATA_BASE64] = has_data_base64
     for spec in specs:
         try:
             spec.model.model_validate(data, context=context)
@@ -1666,7 +1712,13 @@ class DataCheck:
         """The reason to dead-letter ``event``, or None to forward it. Unknown types cost one dict lookup."""
         if self._mode == "off" or not (_RESOLVED.get(event.type) or _resolve(event.type))[1]:
             return None
-        problem = check_data(event.type, event.data, Direction.COMMAND, parse_certificates=self._parse_certificates)
+        problem = check_data(
+            event.type,
+            event.data,
+            Direction.COMMAND,
+            parse_certificates=self._parse_certificates,
+            has_data_base64=event.data_base64 is not None,
+        )
         if problem is None:
             return None
         label = event.type if is_known(event.type) else specs_for(event.type)[0].event_type  # bounded labels

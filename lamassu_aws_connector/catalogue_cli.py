@@ -10,6 +10,7 @@ gets its line, whatever happened to the others.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,13 +110,36 @@ def split_documents(data: bytes) -> list[bytes]:
             position += 1
         if position >= len(text):
             return documents or [data]
-        try:
-            _, end = decoder.raw_decode(text, position)
-        except (ValueError, RecursionError):
+        if text[position] in "[{":
+            # Bracket counting, not a parse: however deep a document nests, the next one is still found.
+            end = _end_of_container(text, position)
+        else:
+            try:
+                end = decoder.raw_decode(text, position)[1]
+            except ValueError:
+                end = None
+        if end is None:
             documents.append(text[position:].encode())
             return documents
         documents.append(text[position:end].encode())
         position = end
+
+
+# A JSON string (escapes included) or a bracket: what decides where an object or array ends.
+_STRUCTURE = re.compile(r'"(?:[^"\\]|\\.)*+"|[\[\]{}]', re.DOTALL)
+
+
+def _end_of_container(text: str, start: int) -> int | None:
+    depth = 0
+    for match in _STRUCTURE.finditer(text, start):
+        token = match.group()
+        if token in ("[", "{"):
+            depth += 1
+        elif token in ("]", "}"):
+            depth -= 1
+            if depth == 0:
+                return match.end()
+    return None
 
 
 def _verdict(body: bytes) -> str:
@@ -136,7 +160,7 @@ def _verdict(body: bytes) -> str:
     if not specs:
         return f"ok: {event.type} (not in the catalogue: envelope checked only{note})"
     direction = _direction(event.source, {spec.direction for spec in specs})
-    problem = check_data(event.type, event.data, direction)
+    problem = check_data(event.type, event.data, direction, has_data_base64=event.data_base64 is not None)
     if problem is not None:
         return f"invalid: invalid_data: {problem}"
     kinds = sorted(

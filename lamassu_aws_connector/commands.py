@@ -117,7 +117,7 @@ class CommandApi:
                 "or correlation.command_types)"
             )
             return self._answer("invalid", 400, {"error": "untracked_type", "message": message})
-        problem = check_data(event.type, event.data, Direction.COMMAND)
+        problem = check_data(event.type, event.data, Direction.COMMAND, has_data_base64=event.data_base64 is not None)
         if problem is not None:
             return self._answer("invalid", 400, {"error": ErrorCode.INVALID_DATA.value, "message": problem})
         key = correlation_id(event)

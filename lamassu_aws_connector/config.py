@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "LAMASSU_"
+DEFAULT_VISIBILITY_TIMEOUT = 60  # seconds: sqs.visibility_timeout when the command API is off
 APP_ID = "lamassu-aws-connector"
 
 
@@ -125,7 +126,8 @@ class SqsConfig(_Section):
     fifo_group_by: Literal["subject", "source", "type"] = "subject"
     pollers: int = Field(2, ge=1, le=64)
     wait_time_seconds: int = Field(20, ge=1, le=20)
-    visibility_timeout: int = Field(60, ge=5, le=43200)
+    # 60 s; with the command API on and no value given, 2/3 of http.commands_timeout_seconds (Settings).
+    visibility_timeout: int = Field(DEFAULT_VISIBILITY_TIMEOUT, ge=5, le=43200)
     unroutable_max_receives: int = Field(5, ge=1)
     # Publish attempts per reply for errors that are neither the reply's fault nor an outage (a
     # nack, a confirm timeout); then it is dead-lettered as attempts_exhausted.
@@ -375,6 +377,16 @@ class Settings(BaseSettings):
     claim_check: ClaimCheckConfig = Field(default_factory=ClaimCheckConfig)
     actions: ActionsConfig = Field(default_factory=ActionsConfig)  # reply actions (actions.py)
 
+    @model_validator(mode="after")
+    def _visibility_within_command_timeout(self) -> Settings:
+        # The replies a replica that dies was holding reappear after the visibility timeout: with the
+        # command API on, shorter than a caller waits, so their callers on the other replicas still get
+        # them. Held replies stay invisible meanwhile: their visibility is extended every half timeout.
+        if self.http.commands and "visibility_timeout" not in self.sqs.model_fields_set:
+            derived = int(self.http.commands_timeout_seconds * 2 / 3)
+            self.sqs.visibility_timeout = max(5, min(DEFAULT_VISIBILITY_TIMEOUT, derived))
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -513,6 +525,9 @@ def models_in(annotation: Any) -> list[type[BaseModel]]:
     return [model for argument in typing.get_args(annotation) for model in models_in(argument)]
 
 
+_SECRET_KEY_WORDS = ("token", "password", "secret")
+
+
 def _describe(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors(include_url=False):
@@ -522,6 +537,8 @@ def _describe(exc: ValidationError) -> str:
             shown = error["input"]
             if key.endswith("url") and isinstance(shown, str):
                 shown = mask_url(shown)
+            elif any(word in key for word in _SECRET_KEY_WORDS):
+                shown = "***"  # a token given as a number or a list is still a secret
             message = f"{message} (got {shown!r})"
         lines.append(f"{key}: {message}")
     return "invalid configuration: " + "; ".join(lines)

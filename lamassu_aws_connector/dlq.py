@@ -416,10 +416,11 @@ class _Replayer:
         if self._sqs is not None:
             await self._sqs.__aexit__(None, None, None)
 
-    async def send(self, message: AbstractIncomingMessage, letter: DeadLetter) -> str:
-        """Validate, publish the new copy and wait for its confirm; returns where it went."""
+    async def send(self, message: AbstractIncomingMessage, letter: DeadLetter, *, dry_run: bool = False) -> str:
+        """Validate, publish the new copy and wait for its confirm; returns where it went.
+        ``dry_run``: the same checks, nothing sent."""
         if letter.is_reply:
-            return await self._to_sqs(message)
+            return await self._to_sqs(message, dry_run=dry_run)
         headers = string_headers({k: v for k, v in (message.headers or {}).items() if not is_own_header(str(k))})
         try:
             parse_amqp(message.body, message.content_type, headers, repair_missing_id=True)
@@ -440,11 +441,11 @@ class _Replayer:
                 raise ToolError(f"default-exchange routing key {routing_key!r} is not amqp.queue")
         else:
             exchange, routing_key = "", self._settings.amqp.queue
-        copy = persistent_copy(message, headers)
-        await self._gateway.publish(exchange, routing_key, copy)
+        if not dry_run:
+            await self._gateway.publish(exchange, routing_key, persistent_copy(message, headers))
         return f"amqp exchange {exchange!r} routing key {routing_key!r}"
 
-    async def _to_sqs(self, message: AbstractIncomingMessage) -> str:
+    async def _to_sqs(self, message: AbstractIncomingMessage, *, dry_run: bool) -> str:
         headers = message.headers or {}
         try:
             parse_structured(message.body, repair_missing_id=True)
@@ -453,6 +454,8 @@ class _Replayer:
                 f"not replayed, still not a valid reply: {rejection.code.value}: {rejection.message}"
             ) from None
         name = self._settings.sqs.response_queue
+        if dry_run:
+            return f"sqs queue {name}"
         if self._sqs is None:
             self._sqs = await SqsGateway(self._settings.sqs, Metrics()).__aenter__()
         queue = await self._sqs.resolve(name, create=False)
@@ -492,14 +495,14 @@ async def replay(
             if not _matches(letter, code, type_glob, event_id):
                 result.kept += 1
                 return "hold"
-            result.matched.append(letter)
-            if dry_run:
-                return "hold"
             try:
-                await replayer.send(message, letter)
+                await replayer.send(message, letter, dry_run=dry_run)
             except Exception as exc:
                 result.failed += 1
                 result.errors.append(f"{letter.event_id or '?'} ({letter.event_type or '?'}): {exc}")
+                return "hold"
+            result.matched.append(letter)
+            if dry_run:
                 return "hold"
             await message.ack()
             result.replayed += 1

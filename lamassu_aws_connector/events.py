@@ -103,7 +103,8 @@ _COLON_ESCAPE = re.compile(rb"\\u003[aA]")
 _NOT_OPENING_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[{")
 
 
-def _rfc3339(value: str) -> str:
+def check_rfc3339(value: str) -> str:
+    """``value`` if it is an RFC 3339 timestamp (ASCII digits, a real date, an offset), else ValueError."""
     match = _RFC3339.match(value)
     if match is None:
         raise ValueError("must be an RFC 3339 timestamp with a time-zone offset, e.g. 2024-05-01T12:00:00Z")
@@ -199,7 +200,7 @@ class CloudEvent(BaseModel):
     @field_validator("time")
     @classmethod
     def _time_is_rfc3339(cls, value: str | None) -> str | None:
-        return None if value is None else _rfc3339(value)
+        return None if value is None else check_rfc3339(value)
 
     @field_validator("source")
     @classmethod

@@ -351,6 +351,15 @@ class OutboundPipeline:
         strikes = self._crash_guard.strikes(key)
         delivery_count = _int_header(delivery.headers, "x-delivery-count")  # quorum queues count for us
         limit = self._crash_guard.limit
+        if delivery_count is not None and delivery_count > limit and not await self._counted_by_rabbitmq():
+            # A classic queue counts nothing: the header came from the publisher, who cannot decide this.
+            log.warning(
+                "outbound.delivery_count_ignored",
+                **self._delivery_fields(delivery),
+                x_delivery_count=delivery_count,
+                detail="the events queue is not a quorum queue: RabbitMQ did not write this x-delivery-count",
+            )
+            delivery_count = None
         if strikes >= limit or (delivery_count is not None and delivery_count > limit):
             reason = (
                 f"the connector died while handling this message {strikes} time(s)"
@@ -362,6 +371,12 @@ class OutboundPipeline:
             return
         async with self._crash_guard.handling(key):
             await self._handle(delivery)
+
+    async def _counted_by_rabbitmq(self) -> bool:
+        try:
+            return await self._amqp.events_queue_is_quorum()
+        except Exception:
+            return False  # not known: a header no one vouches for is not trusted
 
     def _delivery_fields(self, delivery: Consumed) -> dict[str, Any]:
         """Log fields of a delivery not (yet) parsed: what an operator needs to find it."""

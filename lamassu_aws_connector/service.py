@@ -160,7 +160,7 @@ class Service:
                 await self.outbound.start()
                 await self.inbound.start()
             except Exception as exc:
-                raise StartupError(f"cannot set up the AMQP topology: {exc}") from exc
+                raise StartupError(f"cannot set up the AMQP topology: {exc}{_topology_hint(exc)}") from exc
             self.started.set()
             _settle_heap()
             log.info("connector.started")
@@ -334,3 +334,13 @@ def _settle_heap() -> None:
     gc.freeze()
     threshold, *older = gc.get_threshold()
     gc.set_threshold(max(threshold, 7000), *older)
+
+
+def _topology_hint(exc: BaseException) -> str:
+    """What an operator can do about a topology error RabbitMQ names too tersely."""
+    if "in exclusive use" in str(exc):
+        return (
+            " — another consumer holds the queue exclusively (Lamassu v1's cloud-proxy does): stop it"
+            " before starting the connector (docs/deployment.md, 'Beside Lamassu v1')"
+        )
+    return ""

@@ -125,6 +125,7 @@ class FakeCa:
         self.lamassu_ca = self.state.add_ca("Lamassu-CA")
         self.errors: dict[str, list[LamassuError]] = {}
         self.calls: list[str] = []
+        self.status_update_seconds = 0.0  # how long a status update takes: concurrent notices overlap
 
     def _call(self, operation: str) -> None:
         self.calls.append(operation)
@@ -157,6 +158,7 @@ class FakeCa:
 
     async def set_certificate_status(self, serial_number: str, status: str, reason: str) -> dict[str, Any]:
         self._call("update_certificate_status")
+        await asyncio.sleep(self.status_update_seconds)
         issued = self.state.certificates.get(serial_number)
         if issued is None:
             raise LamassuError("update_certificate_status", Outcome.PERMANENT, "404", "not found", 404)
@@ -354,6 +356,17 @@ async def test_revocation_notices() -> None:
     del unusable["data"]["serial_number"]
     verdict = await actions.act(parsed(orjson.dumps(unusable)), FIELDS)
     assert verdict.code is ErrorCode.ACTION_REJECTED and "serial_number" in verdict.reason
+
+
+async def test_notices_of_one_revocation_arriving_together_make_one_request() -> None:
+    actions, ca, _, metrics = make_actions()
+    ca.status_update_seconds = 0.05
+    serial = ca.state.add_device_certificate(ca.lamassu_ca)
+    notices = [parsed(status_notice(serial, reply_id=f"together-{index}")) for index in range(3)]
+    verdicts = await asyncio.gather(*(actions.act(notice, FIELDS) for notice in notices))
+    assert verdicts == [RELAY, RELAY, RELAY]
+    assert ca.calls == ["update_certificate_status"]
+    assert [count(metrics, REVOKE, outcome) for outcome in ("succeeded", "already_revoked")] == [1, 2]
 
 
 async def test_switches_turn_each_action_off() -> None:

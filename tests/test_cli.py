@@ -239,6 +239,25 @@ def test_validate_takes_a_directory_and_several_events_on_stdin(tmp_path: Path) 
     assert "invalid: invalid_attribute" in lines[1] and "invalid: not_cloudevent" in lines[3]
 
 
+def test_validate_on_stdin_finds_the_event_after_a_too_deep_one() -> None:
+    good = (EXAMPLES / "certificate.status.update.json").read_text()
+    deep = '{"specversion": "1.0", "id": "d", "type": "t", "source": "s", "data": ' + "[" * 5000 + "]" * 5000 + "}"
+    tricky = good.replace('"data": {', '"data": {"note": "a } ] and \\" { inside a string", ', 1)
+    piped = subprocess.run(
+        [sys.executable, "-m", "lamassu_aws_connector", "validate", "-"],
+        input=deep + "\n" + good + tricky,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    lines = piped.stdout.splitlines()
+    assert piped.returncode == 1 and "Traceback" not in piped.stderr
+    assert [line.split(":")[0] for line in lines] == ["-[1]", "-[2]", "-[3]"], piped.stdout
+    assert "invalid: invalid_json" in lines[0] and "levels" in lines[0]
+    assert ": ok: certificate.status.update" in lines[1] and ": ok: certificate.status.update" in lines[2]
+
+
 def test_events_into_a_closed_pipe_exits_quietly() -> None:
     piped = subprocess.run(
         f"{sys.executable} -m lamassu_aws_connector events | head -n 1",

@@ -171,6 +171,9 @@ async def test_replay_trusts_the_queue_and_the_configuration_not_the_headers(wor
     async with running(settings) as service:  # it declares the dead-letter queue
         for message in letters:
             await channel.default_exchange.publish(message, routing_key=world.dlq)
+        rehearsed = await dlq.replay(settings, to_original=True, dry_run=True)  # a dry run checks alike
+        assert (len(rehearsed.matched), rehearsed.failed) == (0, 2)
+        assert await world.queue_depth(world.dlq) == 2
         to_original = await dlq.replay(settings, to_original=True)
         assert (to_original.replayed, to_original.failed) == (0, 2)
         assert any("not one of amqp.exchanges" in error for error in to_original.errors)

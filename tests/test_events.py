@@ -25,8 +25,8 @@ from lamassu_aws_connector.events import (
     ErrorCode,
     ParsedEvent,
     Rejection,
-    _rfc3339,
     _rfc3339_details,
+    check_rfc3339,
     derive_id,
     forbidden_sqs_character,
     identify,
@@ -507,7 +507,7 @@ def test_utc_time_fast_path_agrees_with_the_detailed_checks(parts: tuple[str, ..
         except ValueError as exc:
             return str(exc)
 
-    assert verdict(lambda: _rfc3339(value)) == verdict(lambda: _rfc3339_details(value, match))
+    assert verdict(lambda: check_rfc3339(value)) == verdict(lambda: _rfc3339_details(value, match))
 
 
 def test_leap_second_away_from_2359_utc_is_rejected() -> None:

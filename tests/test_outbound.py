@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import orjson
 import pytest
 from cloudevents.core.bindings import rabbitmq as sdk_rabbitmq
@@ -17,7 +19,7 @@ from structlog.testing import capture_logs
 from lamassu_aws_connector.amqp import _DeliveryQueue
 from lamassu_aws_connector.config import APP_ID
 from lamassu_aws_connector.events import derive_id
-from lamassu_aws_connector.service import Service
+from lamassu_aws_connector.service import Service, StartupError
 
 from . import samples
 from .conftest import SQS_ENDPOINT, World, running, wait_for
@@ -356,6 +358,23 @@ async def test_starts_beside_a_v1_cloud_proxy_queue_declared_non_durable(world: 
     assert forwarded["Body"] == v1.decode()
 
 
+async def test_a_v1_cloud_proxy_consuming_exclusively_is_named_when_start_up_fails(world: World) -> None:
+    channel = await world.amqp.channel()
+    queue = await channel.declare_queue(world.queue, durable=False)
+
+    async def cloud_proxy(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        await message.ack()
+
+    await queue.consume(cloud_proxy, exclusive=True)  # as the v1.1 cloud-proxy consumes
+    try:
+        with pytest.raises(StartupError, match=r"in exclusive use.*Lamassu v1's cloud-proxy"):
+            await asyncio.wait_for(Service(world.settings()).run(), 30)
+    finally:
+        await channel.close()
+    async with running(world.settings()) as service:  # once it is gone, the queue is adopted
+        assert service.readiness()["amqp_consumer"]
+
+
 async def test_forged_provenance_headers_are_removed_before_anything_reads_them(world: World) -> None:
     forged = {
         "x-sqs-queue": "attacker-queue",
@@ -406,3 +425,52 @@ async def test_a_lone_event_does_not_wait_the_linger_when_no_batch_is_in_flight(
         assert service.metrics.registry.get_sample_value("lamassu_connector_sqs_batch_entries_sum") == 1
         # The events consumer hands the pipeline aiormq's frames as a Delivery, not aio-pika's IncomingMessage.
         assert isinstance(service.amqp._queue, _DeliveryQueue)
+
+
+async def _give_back(world: World, times: int) -> None:
+    """Take the events queue's one message without acking it and give it back, ``times`` times:
+    RabbitMQ then delivers it as redelivered (a quorum queue also counts x-delivery-count)."""
+    for _ in range(times):
+        channel = await world.amqp.channel()
+        queue = await channel.declare_queue(world.queue, passive=True)
+        taken: list[aio_pika.abc.AbstractIncomingMessage] = []
+
+        async def took(queue: aio_pika.abc.AbstractQueue = queue, taken: list[Any] = taken) -> bool:
+            message = await queue.get(fail=False)
+            if message is not None:
+                taken.append(message)
+            return bool(taken)
+
+        await wait_for(took, what="the message back in the events queue")
+        await taken[0].reject(requeue=True)
+        await channel.close()
+
+
+async def test_a_delivery_count_is_believed_only_where_rabbitmq_writes_it(world: World, tmp_path: Path) -> None:
+    """x-delivery-count is RabbitMQ's on a quorum queue; on a classic one only a publisher can set it."""
+    settings = world.settings(amqp={"state_dir": str(tmp_path), "redelivery_limit": 3})
+    async with running(settings):
+        pass  # the classic events queue, declared and bound
+    raw = samples.body(samples.v3_device_create("dev-forged-count"))
+    await world.publish(raw, routing_key="device.create", headers={"x-delivery-count": 99})
+    await _give_back(world, 1)
+    async with running(settings):
+        [forwarded] = await world.take_sqs(world.command_queue, 1)
+    assert forwarded["Body"] == raw.decode()
+    assert await world.queue_depth(world.dlq) == 0
+
+
+async def test_a_quorum_queues_delivery_count_sets_a_message_aside(world: World, tmp_path: Path) -> None:
+    channel = await world.channel()
+    await channel.declare_queue(world.queue, durable=True, arguments={"x-queue-type": "quorum"})
+    settings = world.settings(amqp={"state_dir": str(tmp_path), "redelivery_limit": 3})
+    async with running(settings):
+        pass  # adopted as it is, and bound
+    raw = samples.body(samples.v3_device_create("dev-delivered-often"))
+    await world.publish(raw, routing_key="device.create")
+    await _give_back(world, 4)  # RabbitMQ has counted 4 deliveries beyond the first
+    async with running(settings):
+        [dead] = await world.take_amqp(world.dlq, 1)
+    assert (dead.headers or {})["x-error-code"] == "redelivery_limit"
+    assert "RabbitMQ delivered it" in str((dead.headers or {})["x-error-message"])
+    assert dead.body == raw

@@ -69,3 +69,25 @@ def load_settings_from(tmp_path: Path, data: dict[str, object]) -> Settings:
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(data))
     return load_settings(path)
+
+
+@pytest.mark.parametrize("token", [12345678901234567890123, ["Tk9-secret-in-a-list"], {"v": "Tk9-secret-in-a-map"}])
+def test_a_token_of_the_wrong_type_is_refused_without_being_shown(tmp_path: Path, token: object) -> None:
+    for section in ({"http": {"auth_token": token}}, {"actions": {"lamassu_ca": {"bearer_token": token}}}):
+        with pytest.raises(ConfigError) as refused:
+            load_settings_from(tmp_path, section)
+        message = str(refused.value)
+        assert "token" in message
+        assert "12345678901234567890123" not in message and "Tk9" not in message
+
+
+def test_with_the_command_api_on_held_replies_reappear_within_a_callers_wait(tmp_path: Path) -> None:
+    """A reply held by a replica that dies must come back before the callers on the others give up."""
+    assert load_settings_from(tmp_path, {}).sqs.visibility_timeout == 60
+    api = {"commands": True, "host": "127.0.0.1"}
+    settings = load_settings_from(tmp_path, {"http": api})
+    assert settings.sqs.visibility_timeout == 20 < settings.http.commands_timeout_seconds
+    slow = load_settings_from(tmp_path, {"http": {**api, "commands_timeout_seconds": 9}})
+    assert slow.sqs.visibility_timeout == 6
+    chosen = load_settings_from(tmp_path, {"http": api, "sqs": {"visibility_timeout": 45}})
+    assert chosen.sqs.visibility_timeout == 45  # an operator's choice stands
