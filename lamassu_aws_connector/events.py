@@ -57,6 +57,15 @@ _RFC3339 = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?"
     r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))\Z"
 )
+# What the CloudEvents String type disallows (spec "Type System"): the control characters
+# U+0000-U+001F and U+007F-U+009F, surrogates, and Unicode's noncharacters (U+FDD0-U+FDEF and the
+# last two code points of every plane). SQS refuses some of them in attributes, Go's and JS's
+# readers pass them on to logs and headers.
+_NOT_STRING_CHARACTER = re.compile(
+    "[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
+    + "".join(f"{chr(plane * 0x10000 + 0xFFFE)}{chr(plane * 0x10000 + 0xFFFF)}" for plane in range(17))
+    + "]"
+)
 _W3C_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
 _BINARY_PREFIXES = ("ce-", "cloudevents_", "cloudevents:")
 # JSON-format members that hold the payload, never attributes: a header must not set them.
@@ -240,7 +249,33 @@ class CloudEvent(BaseModel):
                 )
             if value is not None and not isinstance(value, str | int | bool):
                 raise ValueError(f"extension {name!r} must be a string, integer or boolean, not {type(value).__name__}")
+        self._string_characters()
         return self
+
+    def _string_characters(self) -> None:
+        strings = {
+            name: value
+            for name, value in (
+                ("id", self.id),
+                ("source", self.source),
+                ("type", self.type),
+                ("subject", self.subject),
+                ("datacontenttype", self.datacontenttype),
+                ("dataschema", self.dataschema),
+                ("time", self.time),
+                *(self.__pydantic_extra__ or {}).items(),
+            )
+            if isinstance(value, str)
+        }
+        if _NOT_STRING_CHARACTER.search("".join(strings.values())) is None:  # one scan for the common case
+            return
+        for name, value in strings.items():
+            found = _NOT_STRING_CHARACTER.search(value)
+            if found is not None:
+                raise ValueError(
+                    f"attribute {name!r} holds the character U+{ord(found.group()):04X}, which the CloudEvents "
+                    "String type does not allow (control characters, surrogates, noncharacters)"
+                )
 
     def extension(self, name: str) -> Any:
         return (self.__pydantic_extra__ or {}).get(name)

@@ -224,7 +224,23 @@ def stricter_rules(instance: dict[str, Any], raw: bytes) -> set[str]:
     time = instance.get("time")
     if isinstance(time, str) and time.startswith("0000-") and is_date_time(time):
         rules.add("year-0000")
+    if any(isinstance(value, str) and _not_string_type(value) for name, value in instance.items() if name not in _DATA):
+        rules.add("string-characters")
     return rules
+
+
+_DATA = ("data", "data_base64")
+
+
+def _not_string_type(text: str) -> bool:
+    """The CloudEvents String type disallows control characters, surrogates and noncharacters."""
+    for char in text:
+        code = ord(char)
+        if code < 0x20 or 0x7F <= code <= 0x9F or 0xD800 <= code <= 0xDFFF or 0xFDD0 <= code <= 0xFDEF:
+            return True
+        if code & 0xFFFE == 0xFFFE:  # U+FFFE, U+FFFF, U+1FFFE, ... U+10FFFF
+            return True
+    return False
 
 
 def _has_member_twice(raw: bytes) -> bool:
@@ -260,6 +276,7 @@ CONNECTOR_STRICTER_THAN_SDK = {
     "empty-attribute",  # 1.x accepts an empty id, source, type, subject, datacontenttype or dataschema
     "attribute-type",  # 1.x accepts a number as id, source or type
     "missing-attribute",  # the SDK fills in specversion 1.0 and a random id
+    "string-characters",  # neither reader checks the characters of the String type
 }
 # An SDK reader refuses, the connector accepts: the SDK is wrong by the spec, or needlessly strict.
 SDK_STRICTER_THAN_CONNECTOR = {
@@ -489,6 +506,7 @@ _EXAMPLES = {
     "null-attribute": b'{"specversion":"1.0","id":"1","source":"s","type":"t","subject":null}',
     "leap-second": b'{"specversion":"1.0","id":"1","source":"s","type":"t","time":"2016-12-31T23:59:60Z"}',
     "null-data_base64": b'{"specversion":"1.0","id":"1","source":"s","type":"t","data_base64":null}',
+    "string-characters": b'{"specversion":"1.0","id":"1","source":"s","type":"t","subject":"a\\u0001b"}',
 }
 
 
