@@ -93,12 +93,20 @@ def join_data(event: dict[str, Any], payload: bytes) -> None:
     event["data_base64"] = base64.b64encode(payload).decode("ascii")
 
 
+# S3's own limit: a key is at most 1024 bytes of UTF-8. A dataref beyond it names no object that can
+# exist: the reply's fault, whatever S3 answers (LocalStack drops the connection). Buckets are checked
+# against the configured ones.
+S3_MAX_KEY_BYTES = 1024
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
     """``s3://bucket/key`` -> (bucket, key)."""
     rest = url.removeprefix("s3://")
     bucket, _, key = rest.partition("/")
     if not url.startswith("s3://") or not bucket or not key:
         raise Unresolvable(f"dataref {url[:200]!r} is not an s3://bucket/key URL")
+    if len(key.encode("utf-8", "surrogatepass")) > S3_MAX_KEY_BYTES:
+        raise Unresolvable(f"dataref {url[:200]!r}... has a key longer than S3's {S3_MAX_KEY_BYTES} bytes")
     return bucket, key
 
 

@@ -204,13 +204,15 @@ class InboundPipeline:
                 self._health.down(RESPONSE_QUEUE, aws_error_code(exc), str(exc))
                 delay = POLLER.delay(failures)
                 self._metrics.retries.labels(POLLER.name).inc()
-                log.warning(
+                # The outage itself is one dependency.down line; each poller says why once, then quietly.
+                (log.warning if failures == 1 else log.debug)(
                     "inbound.poll_failed",
                     sqs_queue=self._queue.name,
                     poller=number,
                     error=aws_error_code(exc),
                     detail=str(exc)[:300],
                     retry_in_seconds=round(delay, 1),
+                    attempt=failures,
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)

@@ -59,9 +59,35 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
             ],
         )
     )
+    handler.addFilter(_Repeats())
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(logging.WARNING)
+
+
+class _Repeats(logging.Filter):
+    """A library line repeated within a minute is shown once, and the next one says how many were left
+    out: a credential refresh failing on every call (aiobotocore, with a traceback each) would otherwise
+    flood the log for as long as an outage lasts."""
+
+    def __init__(self, window_seconds: float = 60.0, remembered: int = 1000) -> None:
+        super().__init__()
+        self._window = window_seconds
+        self._remembered = remembered
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}  # when last shown, left out since
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, str(record.msg))
+        shown_at, left_out = self._seen.get(key, (None, 0))
+        if shown_at is not None and record.created - shown_at < self._window:
+            self._seen[key] = (shown_at, left_out + 1)
+            return False
+        if len(self._seen) >= self._remembered:
+            self._seen.clear()
+        self._seen[key] = (record.created, 0)
+        if left_out:
+            record.repeats_left_out = left_out
+        return True
 
 
 def get_logger(name: str) -> Any:

@@ -167,19 +167,23 @@ async def test_dataref_replies_get_their_data_back(world: World, s3_bucket: tupl
     await s3.put_object(Bucket=bucket, Key="replies/huge", Body=orjson.dumps({"blob": "C" * 500_000}))
     missing = {**reply, "id": "r-2", "dataref": f"s3://{bucket}/replies/nothing-here"}
     huge = {**reply, "id": "r-3", "dataref": f"s3://{bucket}/replies/huge"}
+    # A key S3 could never hold (over 1024 bytes): the reply's fault, not S3 down (LocalStack drops the connection).
+    no_such_key = {**reply, "id": "r-4", "dataref": f"s3://{bucket}/" + "k" * 200_000}
     observer = await bind_observer(world)
     # Resolving needs no bucket of the connector's own, only the bucket named as one replies may use.
     async with running(world.settings(claim_check={"max_bytes": 400_000, "reply_buckets": [bucket]})) as service:
-        await send_replies(world, [orjson.dumps(reply), orjson.dumps(missing), orjson.dumps(huge)])
+        await send_replies(world, [orjson.dumps(event) for event in (reply, missing, huge, no_such_key)])
         [relayed] = await world.take_amqp(observer.name, 1)
-        dead = await world.take_amqp(world.reply_dlq, 2)
+        dead = await world.take_amqp(world.reply_dlq, 3)
         await wait_for(lambda: metric(service, "replies_resolved") == 1, what="1 resolved")
+        assert service.readiness()["s3"]
     assert orjson.loads(relayed.body) == {**{k: v for k, v in reply.items() if k != "dataref"}, "data": data}
     assert relayed.message_id == "r-1"
     reasons = {orjson.loads(message.body)["id"]: message.headers for message in dead}
     assert {headers["x-error-code"] for headers in reasons.values()} == {"dataref_unresolved"}
     assert "NoSuchKey" in str(reasons["r-2"]["x-error-message"])
     assert "claim_check.max_bytes" in str(reasons["r-3"]["x-error-message"])
+    assert "longer than S3's 1024 bytes" in str(reasons["r-4"]["x-error-message"])
 
 
 @pytest.mark.integration

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import signal
 import subprocess
@@ -446,3 +447,37 @@ def test_a_console_log_written_to_a_file_carries_no_colour_codes() -> None:
     assert "event_id=e-1" in result.stderr and "error_code=invalid_json" in result.stderr
     assert "library line" in result.stderr
     assert "\x1b[" not in result.stderr
+
+
+def test_a_library_line_repeated_within_a_minute_is_shown_once() -> None:
+    script = (
+        "import logging\n"
+        "from lamassu_aws_connector.logs import configure_logging\n"
+        "configure_logging('info', 'json')\n"
+        "refresh = logging.getLogger('aiobotocore.credentials')\n"
+        "for _ in range(50):\n"
+        "    refresh.warning('Refreshing temporary credentials failed during mandatory refresh period.')\n"
+        "refresh.warning('another line')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    records = [orjson.loads(line) for line in result.stderr.splitlines()]
+    assert [record["event"] for record in records] == [
+        "Refreshing temporary credentials failed during mandatory refresh period.",
+        "another line",
+    ]
+
+
+def test_the_next_showing_of_a_repeated_line_says_how_many_were_left_out() -> None:
+    from lamassu_aws_connector.logs import _Repeats  # noqa: PLC0415
+
+    repeats = _Repeats(window_seconds=60.0)
+
+    def record(at: float) -> logging.LogRecord:
+        made = logging.LogRecord("aiormq.connection", logging.WARNING, __file__, 1, "same", None, None)
+        made.created = at
+        return made
+
+    shown = [at for at in (0.0, 1.0, 2.0, 59.0, 61.0, 62.0) if repeats.filter(record(at))]
+    assert shown == [0.0, 61.0]
+    again = record(130.0)
+    assert repeats.filter(again) and getattr(again, "repeats_left_out", None) == 1
