@@ -19,6 +19,7 @@ The frames of deliveries, confirms, publishes and acks are read and written by :
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import ssl
@@ -29,6 +30,7 @@ from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiormq
+import orjson
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
@@ -336,7 +338,26 @@ def channel_open(delivery: Consumed) -> bool:
 
 def string_headers(headers: dict[str, Any]) -> dict[str, Any]:
     """Lamassu v2.5+ subscribers (watermill-amqp) accept string header values only."""
-    return {key: value if isinstance(value, str) else str(value) for key, value in headers.items()}
+    return {key: value if isinstance(value, str) else header_text(value) for key, value in headers.items()}
+
+
+def header_text(value: Any) -> str:
+    """A header value as text a reader would write it: JSON's words and forms, not Python's repr."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(raw).decode("ascii")
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, dict | list | tuple):
+        return orjson.dumps(value, default=header_text).decode()
+    return str(value)
 
 
 def persistent_copy(delivery: Consumed, headers: dict[str, Any]) -> aio_pika.Message:
@@ -504,9 +525,14 @@ class AmqpGateway:
             queue=name,
             adopted_as=adopted_as,
             difference=difference,
-            detail="the queue exists with other properties (Lamassu v1's cloud-proxy declares it non-durable); "
-            "it is used as it is. Messages in a non-durable queue do not survive a broker restart, and "
-            "another consumer of it competes for every event (docs/deployment.md, 'Beside Lamassu v1')",
+            detail=(
+                "the queue exists with other properties (Lamassu v1's cloud-proxy declares it non-durable); "
+                "it is used as it is. Messages in a non-durable queue do not survive a broker restart, and "
+                "another consumer of it competes for every event (docs/deployment.md, 'Beside Lamassu v1')"
+                if adopted_as == "non-durable"
+                else "the queue exists with other properties (its arguments or type differ from a plain durable "
+                "queue's); it is used as it is, and another consumer of it competes for every event"
+            ),
         )
         return queue
 

@@ -833,9 +833,11 @@ class KmsKeyV37(_Data):
     metadata: dict[str, Any] | None = None
 
 
+_V37_KEY_FIELDS = frozenset({"key_id", "engine_id", "has_private_key", "aliases", "pkcs11_uri"})
 KmsKeyShapes = Annotated[
     Annotated[KmsKeyV37, Tag("shape v3.7+")] | Annotated[KmsKeyV36, Tag("shape v3.6")],
-    _shape_of(lambda data: "v3.7+" if "key_id" in data else "v3.6", "v3.7+"),
+    # v3.7 added key_id with the KMS service's own fields: any of them says which shape a broken one meant.
+    _shape_of(lambda data: "v3.7+" if _V37_KEY_FIELDS & data.keys() else "v3.6", "v3.7+"),
 ]
 
 

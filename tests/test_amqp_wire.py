@@ -277,3 +277,30 @@ def test_a_refused_virtual_host_is_named_with_its_user() -> None:
     assert "virtual host 'pki/prod' to user 'lamassu'" in str(refused) and "s3cret" not in str(refused)
     assert "virtual host '/'" in str(vhost_refusal(frame_error, "amqp://h"))
     assert vhost_refusal(ConnectionRefusedError(), "amqp://h/") is None
+
+
+def test_header_values_become_the_text_a_reader_would_write() -> None:
+    from lamassu_aws_connector.amqp import string_headers  # noqa: PLC0415
+
+    converted = string_headers(
+        {
+            "flag": True,
+            "absent": None,
+            "count": 4,
+            "raw": b"\x00\xff",
+            "text": bytearray(b"plain"),
+            "nested": [1, "x", {"k": False}],
+            "at": dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+            "kept": "as is",
+        }
+    )
+    assert converted == {
+        "flag": "true",
+        "absent": "",
+        "count": "4",
+        "raw": "AP8=",
+        "text": "plain",
+        "nested": '[1,"x",{"k":false}]',
+        "at": "2024-01-01T00:00:00+00:00",
+        "kept": "as is",
+    }
