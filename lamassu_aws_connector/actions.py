@@ -89,6 +89,8 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 LAMASSU_CA = "lamassu_ca"  # the dependency name in /readyz and lamassu_connector_dependency_up
+PROBE_COMMON_NAME = "lamassu-aws-connector-check"  # a CA common name nobody uses: probes and check-config
+PROBE_SECONDS = 10.0  # while the CA is down, how often readiness asks whether it is back
 
 SIGN = "sign_registration_code"
 REVOKE = "revoke_certificate"
@@ -347,6 +349,13 @@ class LamassuCaClient:
     async def ca(self, ca_id: str) -> dict[str, Any]:
         answer: dict[str, Any] = await self._object("get_ca", "GET", f"/cas/{_segment(ca_id)}")
         return answer
+
+    async def probe(self) -> None:
+        """One cheap authenticated read, so readiness learns the CA is back without waiting for a reply
+        to act on (a CA by a common name nobody uses: 200 with nothing, or 404). Raises as requests do."""
+        path = f"/cas/cn/{_segment(PROBE_COMMON_NAME)}"
+        with contextlib.suppress(LamassuError):  # a refusal is an answer: _request has told readiness
+            await self._request("probe", "GET", path, params={"page_size": "1"})
 
     async def cas_by_common_name(self, common_name: str) -> list[dict[str, Any]]:
         """Every CA with this common name (Lamassu keeps several: reissued, imported twice)."""
@@ -891,6 +900,25 @@ async def open_reply_actions(
             mutual_tls=config.lamassu_ca.tls.cert_file is not None,
             bearer_token=config.lamassu_ca.bearer_token is not None,
         )
-        yield actions
+        recovery = asyncio.create_task(_probe_while_down(client, health), name="lamassu-ca-probe")
+        try:
+            yield actions
+        finally:
+            recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recovery
     finally:
         await client.__aexit__(None, None, None)
+
+
+async def _probe_while_down(client: LamassuCaClient, health: DependencyHealth) -> None:
+    """While ``lamassu_ca`` is down, ask every PROBE_SECONDS: readiness comes back when the CA does,
+    not when the next reply that needs it reappears (a visibility timeout later)."""
+    while True:
+        await asyncio.sleep(PROBE_SECONDS)
+        if health.is_up(LAMASSU_CA):
+            continue
+        try:
+            await client.probe()
+        except Exception as exc:  # still away: _request has said so; try again later
+            log.debug("actions.probe_failed", error=str(exc)[:200])

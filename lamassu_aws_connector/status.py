@@ -426,7 +426,7 @@ async def _check_lamassu_ca(settings: Settings, wait_seconds: float) -> list[Che
     config = settings.actions.lamassu_ca
     if not settings.actions.enabled or config.url is None:
         return []
-    from .actions import LamassuCaClient, LamassuError  # noqa: PLC0415 - only with reply actions
+    from .actions import PROBE_COMMON_NAME, LamassuCaClient, LamassuError  # noqa: PLC0415 - only with actions
     from .health import DependencyHealth  # noqa: PLC0415
 
     name = f"lamassu ca {config.url}"
@@ -434,7 +434,7 @@ async def _check_lamassu_ca(settings: Settings, wait_seconds: float) -> list[Che
     try:
         async with LamassuCaClient(config, metrics, DependencyHealth(metrics, ("lamassu_ca",))) as client:
             # A CA by a common name nobody uses: an empty list (or 404) proves TLS, token and route.
-            await asyncio.wait_for(client.cas_by_common_name("lamassu-aws-connector-check"), wait_seconds)
+            await asyncio.wait_for(client.cas_by_common_name(PROBE_COMMON_NAME), wait_seconds)
     except LamassuError as exc:
         if exc.http_status == 404 and exc.status == "404":
             return [Check(name, True, "answered 404 for an unknown CA common name (TLS and token accepted)")]

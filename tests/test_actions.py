@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from lamassu_aws_connector import status
+from lamassu_aws_connector import actions, status
 from lamassu_aws_connector.actions import (
     HOLD,
     LAMASSU_CA,
@@ -668,6 +668,33 @@ async def test_a_lamassu_ca_outage_loses_nothing(world: World, stand_in: StandIn
     assert orjson.loads(command["Body"])["type"] == SIGNED_CODE
     assert len(stand_in.csrs) == 1  # signed once
     assert await world.queue_depth(world.reply_dlq) == 0
+    assert stand_in.violations == []
+
+
+@pytest.mark.integration
+async def test_readiness_comes_back_with_the_ca_not_with_the_next_reply(
+    world: World, stand_in: StandInCa, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(actions, "PROBE_SECONDS", 0.5)
+    ca = stand_in.add_ca("Lamassu-CA")
+    serial = stand_in.add_device_certificate(ca)
+    proxy = TcpProxy("127.0.0.1", stand_in.port)
+    await proxy.start()
+    await bind_observer(world)
+    settings = actions_settings(world, pki, f"https://127.0.0.1:{proxy.port}/api/ca")
+    settings.sqs.visibility_timeout = 120  # the held notice will not come back within this test
+    try:
+        async with running(settings) as service:
+            await proxy.stop()
+            await send_replies(world, [status_notice(serial)])
+            await wait_for(lambda: "lamassu_ca" in _down(service), what="lamassu_ca down in /readyz")
+            await proxy.start()
+            await wait_for(lambda: "lamassu_ca" not in _down(service), timeout=15, what="lamassu_ca up again")
+            assert await world.sqs_count(world.response_queue) == 1  # the notice is still held: a probe did it
+            probes = metric(service, "lamassu_ca_requests", operation="probe")
+            assert probes - metric(service, "lamassu_ca_requests", operation="probe", status="unreachable") >= 1
+    finally:
+        await proxy.stop()
     assert stand_in.violations == []
 
 
