@@ -471,6 +471,11 @@ def load_settings(path: str | Path | None) -> Settings:
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections at top level")
         data = loaded
+    # Misspelled first: LAMASSU_AMQP_TLS__CA_FILE names no section, but it has a spelling that works.
+    misspelled = _single_underscore_overrides(os.environ)
+    if misspelled:
+        hints = ", ".join(f"{name} (did you mean {fixed}?)" for name, fixed in misspelled)
+        raise ConfigError(f"environment variable(s) not read: nested keys take two underscores: {hints}")
     unknown = sorted(
         name
         for name in os.environ
@@ -480,10 +485,6 @@ def load_settings(path: str | Path | None) -> Settings:
     )
     if unknown:
         raise ConfigError(f"unknown configuration section in environment variable(s): {', '.join(unknown)}")
-    misspelled = _single_underscore_overrides(os.environ)
-    if misspelled:
-        hints = ", ".join(f"{name} (did you mean {fixed}?)" for name, fixed in misspelled)
-        raise ConfigError(f"environment variable(s) not read: nested keys take two underscores: {hints}")
     try:
         return Settings(**data)
     except ValidationError as exc:

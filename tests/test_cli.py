@@ -44,6 +44,7 @@ def test_an_override_spelled_with_single_underscores_is_an_error_naming_the_spel
         ("LAMASSU_AMQP_URL", "LAMASSU_AMQP__URL"),
         ("LAMASSU_AMQP_TLS_CA_FILE", "LAMASSU_AMQP__TLS__CA_FILE"),
         ("LAMASSU_ACTIONS__LAMASSU_CA_URL", "LAMASSU_ACTIONS__LAMASSU_CA__URL"),
+        ("LAMASSU_AMQP_TLS__CA_FILE", "LAMASSU_AMQP__TLS__CA_FILE"),  # two underscores, one place short
     ):
         for command in ("check-config", "run"):
             result = cli(command, "--config", example, env={given: "amqp://x:y@nowhere:1/"})
