@@ -253,24 +253,15 @@ class CloudEvent(BaseModel):
         return self
 
     def _string_characters(self) -> None:
-        strings = {
-            name: value
-            for name, value in (
-                ("id", self.id),
-                ("source", self.source),
-                ("type", self.type),
-                ("subject", self.subject),
-                ("datacontenttype", self.datacontenttype),
-                ("dataschema", self.dataschema),
-                ("time", self.time),
-                *(self.__pydantic_extra__ or {}).items(),
-            )
-            if isinstance(value, str)
-        }
-        if _NOT_STRING_CHARACTER.search("".join(strings.values())) is None:  # one scan for the common case
+        extensions = self.__pydantic_extra__ or {}
+        core = (self.id, self.source, self.type, self.subject, self.datacontenttype, self.dataschema, self.time)
+        joined = "".join(value for value in (*core, *extensions.values()) if isinstance(value, str))
+        # The common case in C: ASCII text is printable exactly when it holds no control character.
+        if (joined.isascii() and joined.isprintable()) or _NOT_STRING_CHARACTER.search(joined) is None:
             return
-        for name, value in strings.items():
-            found = _NOT_STRING_CHARACTER.search(value)
+        names = ("id", "source", "type", "subject", "datacontenttype", "dataschema", "time")
+        for name, value in (*zip(names, core, strict=True), *extensions.items()):
+            found = _NOT_STRING_CHARACTER.search(value) if isinstance(value, str) else None
             if found is not None:
                 raise ValueError(
                     f"attribute {name!r} holds the character U+{ord(found.group()):04X}, which the CloudEvents "

@@ -3,9 +3,9 @@
 * 12a: the SQS command queue deleted mid-stream, re-created 20 s later: nothing dead-lettered,
   /readyz names the queue within 30 s, everything delivered once it is back.
 * 12b: credentials refused (403 AccessDenied, 400 InvalidIdentityToken) for 20 s, then accepted.
-* 12c: 10 poison replies (an id or a type longer than AMQP carries, 200 KB of SQS attributes)
-  among 500 good ones: the poison in the reply DLQ, every good reply relayed, the response queue
-  empty, and the AMQP connection never re-opened.
+* 12c: 12 poison replies (an id or a type longer than AMQP carries, 200 KB of SQS attributes, a
+  claim-check dataref whose key S3 cannot hold) among 500 good ones: the poison in the reply DLQ,
+  every good reply relayed, the response queue empty, and the AMQP connection never re-opened.
 * 12d: S3 unreachable for 30 s while every event goes through the claim-check.
 * 12e: a message that kills the connector (SIGKILL, as the OOM killer does) every time it is
   handled: dead-lettered as redelivery_limit after amqp.redelivery_limit deaths, not a crash loop.
@@ -134,10 +134,13 @@ async def test_12b_credentials_refused_then_restored(env: Env) -> None:
     assert run.notes["refusals"]["access_denied"] > 0 and run.notes["refusals"]["invalid_identity_token"] > 0
 
 
+POISON_REPLY_BUCKET = "rel-replies"  # named as a bucket replies may use; never read: the keys cannot exist
+
+
 def _poison_replies(tag: str, first: int) -> list[tuple[int, dict[str, Any], str]]:
-    """(seq, SQS entry, expected x-error-code) of ten replies that can never be relayed."""
+    """(seq, SQS entry, expected x-error-code) of twelve replies that can never be relayed."""
     poison = []
-    for index in range(10):
+    for index in range(12):
         seq = first + index
         body = orjson.loads(event(tag, seq, REPLY_TYPE))
         attributes: dict[str, Any] = {}
@@ -147,10 +150,15 @@ def _poison_replies(tag: str, first: int) -> list[tuple[int, dict[str, Any], str
         elif index < 6:
             body["type"] = REPLY_TYPE + "." + "t" * 300  # the routing key too
             code = "amqp_rejected"
-        else:
+        elif index < 10:
             body = {"data": {"seq": seq}, "note": "not a CloudEvent"}
             attributes = {f"big{n}": {"DataType": "String", "StringValue": "a" * 50_000} for n in range(4)}
             code = "not_cloudevent"
+        else:  # a claim-check dataref whose key is longer than S3 allows: no S3 answer can ever resolve it
+            body.pop("data", None)
+            body["datacontenttype"] = "application/json"
+            body["dataref"] = f"s3://{POISON_REPLY_BUCKET}/{seq}-" + "k" * 2000
+            code = "dataref_unresolved"
         entry: dict[str, Any] = {"Id": str(index), "MessageBody": orjson.dumps(body).decode()}
         if attributes:
             entry["MessageAttributes"] = attributes
@@ -160,7 +168,13 @@ def _poison_replies(tag: str, first: int) -> list[tuple[int, dict[str, Any], str
 
 async def test_12c_poison_replies_among_good_ones(env: Env) -> None:
     names = Names()
-    config = connector_config(names, env.amqp_url, env.sqs_endpoint, sqs={"visibility_timeout": 10})
+    config = connector_config(
+        names,
+        env.amqp_url,
+        env.sqs_endpoint,
+        sqs={"visibility_timeout": 10},
+        claim_check={"reply_buckets": [POISON_REPLY_BUCKET], "endpoint_url": env.sqs_endpoint},
+    )
     connector = Connector(config, env.workdir / names.tag)
     relayed = AmqpCounter(env.test_url, names.reply_count_queue)
     dead = AmqpCounter(env.test_url, names.reply_dlq)
@@ -211,7 +225,8 @@ async def test_12c_poison_replies_among_good_ones(env: Env) -> None:
         exit_code = await connector.stop()
         figures = Figures(
             scenario="12c-poison-replies",
-            title="10 poison replies (long id, long type, 200 KB of attributes) among 500 good ones",
+            title="12 poison replies (long id, long type, 200 KB of attributes, a dataref key S3 cannot hold) "
+            "among 500 good ones",
             sent=sent,
             arrived=len(set(relayed.seen) & good_sent),
             lost=len(good_sent - set(relayed.seen)),
