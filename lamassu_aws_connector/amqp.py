@@ -541,7 +541,10 @@ class AmqpGateway:
 
         On a classic queue that header can only come from a publisher. Asked rarely (a redelivered
         message carrying it), answered by a declare that must match the queue's type, on a channel of
-        its own, since a mismatch closes the channel; remembered once known.
+        its own, since a mismatch closes the channel; remembered once known. A quorum queue declared
+        with arguments of its own (``x-delivery-limit``) refuses this declare too: its count is then
+        not believed, which errs on the safe side (the crash guard's strikes, and RabbitMQ's own
+        delivery limit, still apply).
         """
         if self._events_queue_quorum is not None:
             return self._events_queue_quorum
