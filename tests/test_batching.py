@@ -14,6 +14,7 @@ from lamassu_aws_connector.events import parse_structured
 from lamassu_aws_connector.inbound import InboundPipeline
 from lamassu_aws_connector.metrics import Metrics
 from lamassu_aws_connector.outbound import Batcher, OutboundPipeline, Pending
+from lamassu_aws_connector.outcomes import RetryPolicy
 from lamassu_aws_connector.sqs import QueueInfo
 
 from . import samples
@@ -331,6 +332,42 @@ async def test_a_missing_queue_holds_the_batch_and_reports_the_queue_down() -> N
     assert amqp.dead == []  # the stream is held, never flushed into the dead-letter queue
     assert pipeline._health.is_up("sqs_command_queue")
     assert all(len(call) == 3 for call in sqs.calls)  # never split: not the content's fault
+
+
+class AwaySqs(FlakySqs):
+    """The command queue missing (a dependency outage) until ``away`` is cleared."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.away = True
+
+    async def send_batch(self, queue: QueueInfo, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.away:
+            self.calls.append([e["MessageBody"] for e in entries])
+            error = {
+                "Error": {"Code": "AWS.SimpleQueueService.NonExistentQueue", "Message": "gone"},
+                "ResponseMetadata": {"HTTPStatusCode": 400},
+            }
+            raise ClientError(error, "SendMessageBatch")  # type: ignore[arg-type]
+        return await super().send_batch(queue, entries)
+
+
+async def test_batches_held_through_an_outage_go_as_soon_as_sqs_takes_one_again() -> None:
+    raws = [samples.body(samples.v1_cert_update(serial=f"7{i}")) for i in range(4)]
+    sqs = AwaySqs()
+    amqp = RecordingAmqp()
+    pipeline = _pipeline(sqs, amqp)
+    pipeline._hold_policy = RetryPolicy("sqs_hold", first=600, cap=3600)  # each held batch waits minutes
+    held = [asyncio.create_task(pipeline._send_with_retries([_pending(pipeline, raw)])) for raw in raws[:3]]
+    while len(sqs.calls) < 3:  # each tried once, now backing off
+        await asyncio.sleep(0.005)
+    sqs.away = False
+    await asyncio.wait_for(pipeline._send_with_retries([_pending(pipeline, raws[3])]), 10)
+    # The first batch through after the outage wakes the held ones: not their own backoff.
+    await asyncio.wait_for(asyncio.gather(*held), 10)
+    await pipeline._acker.flush()
+    assert sorted(sqs.stored) == sorted(raw.decode() for raw in raws)
+    assert amqp.dead == []
 
 
 async def test_entries_failing_while_sqs_accepts_nothing_are_held_beyond_their_budget() -> None:
