@@ -9,6 +9,8 @@ thousands. Progress watchdogs say when a flow holds work but has settled nothing
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -36,6 +38,8 @@ class DependencyHealth:
         self._states = {name: _State(since=time.monotonic()) for name in names}
         for name in names:
             metrics.dependency_up.labels(name).set(1)
+        # Set (and replaced) whenever a dependency comes back: see wait_recovery.
+        self._recovered = asyncio.Event()
 
     def down(self, name: str, error: str, detail: str = "") -> None:
         state = self._states.setdefault(name, _State(since=time.monotonic()))
@@ -52,6 +56,24 @@ class DependencyHealth:
             state.up, state.since, state.error = True, time.monotonic(), ""
             self._metrics.dependency_up.labels(name).set(1)
             log.info("dependency.up", dependency=name, down_seconds=round(down_seconds, 1))
+            recovered, self._recovered = self._recovered, asyncio.Event()
+            recovered.set()
+
+    async def wait_recovery(self, seconds: float, *, stop: asyncio.Event | None = None) -> None:
+        """Back off for ``seconds``, cut short when a dependency comes back (or ``stop`` is set): what
+        waits out an outage tries again as soon as one call has shown it is over, not at the end of
+        its own, by then long, backoff. Only a change from down to up wakes anyone: work failing
+        while its dependency is up keeps its whole backoff."""
+        waits = [asyncio.ensure_future(self._recovered.wait())]
+        if stop is not None:
+            waits.append(asyncio.ensure_future(stop.wait()))
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await wait
 
     def error(self, name: str) -> str:
         """What took the dependency down ("" while it is up)."""

@@ -214,8 +214,7 @@ class InboundPipeline:
                     retry_in_seconds=round(delay, 1),
                     attempt=failures,
                 )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
+                await self._health.wait_recovery(delay, stop=self._stopping)
 
     async def _until_stopping(self, awaitable: Any) -> Any:
         """Await something, but give up (returning None) as soon as a stop is requested."""

@@ -276,8 +276,6 @@ class OutboundPipeline:
         self._progress = ProgressWatch(settings.health.stall_seconds)
         self._hold_policy = SQS_HOLD.with_limits(cap=settings.forward.retry_max_backoff_seconds)
         self._last_accepted = float("-inf")  # when SQS last accepted an entry
-        # Set (and replaced) when SQS accepts entries again after an outage: held batches retry at once.
-        self._sqs_back = asyncio.Event()
         self._forwarded_by_type: dict[str, Any] = {}
         # Read when scraped rather than updated twice per event.
         metrics.in_flight.set_function(lambda: len(self._held))
@@ -555,9 +553,7 @@ class OutboundPipeline:
             self._metrics.retries.labels(self._hold_policy.name).inc()
             # Back off, but not past the moment SQS takes another batch again: after an outage the
             # first batch through wakes the others instead of leaving them to their own backoff.
-            back = self._sqs_back
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(back.wait(), self._hold_policy.delay(failures))
+            await self._health.wait_recovery(self._hold_policy.delay(failures))
             before = len(remaining)
             remaining = await self._send_round(remaining)
             if len(remaining) < before:
@@ -614,12 +610,8 @@ class OutboundPipeline:
         by_id = dict(enumerate(items))
         successful = response.get("Successful", [])
         if successful:
-            came_back = not self._health.is_up(COMMAND_QUEUE)
-            self._health.up(COMMAND_QUEUE)
+            self._health.up(COMMAND_QUEUE)  # after an outage, this wakes the batches held meanwhile
             self._last_accepted = now
-            if came_back:  # only an outage's end: entries failing one by one keep their own backoff
-                back, self._sqs_back = self._sqs_back, asyncio.Event()
-                back.set()
         sqs_accepting = now - self._last_accepted < _ACCEPTING_WINDOW_SECONDS
         traced = tracing.enabled()
         for success in successful:

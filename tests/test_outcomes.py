@@ -377,3 +377,25 @@ def test_exception_chain_finds_what_is_wrapped_in_arguments_causes_and_contexts(
     chain = list(exception_chain(context))
     assert chain[0] is context and {id(e) for e in chain} == {id(context), id(caused), id(in_args), id(tls)}
     assert len(chain) == 4
+
+
+async def test_a_dependency_coming_back_cuts_every_backoff_short() -> None:
+    health = DependencyHealth(Metrics(), ("sqs_command_queue",))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await health.wait_recovery(0.05)  # nothing comes back: the whole backoff
+    assert loop.time() - started >= 0.05
+    health.down("sqs_command_queue", "EndpointConnectionError")
+    waiting = [asyncio.create_task(health.wait_recovery(600)) for _ in range(3)]
+    await asyncio.sleep(0)
+    health.up("sqs_command_queue")  # one call got through: everyone backing off tries again now
+    await asyncio.wait_for(asyncio.gather(*waiting), 5)
+    stop = asyncio.Event()
+    stopping = asyncio.create_task(health.wait_recovery(600, stop=stop))
+    await asyncio.sleep(0)
+    stop.set()
+    await asyncio.wait_for(stopping, 5)
+    health.up("sqs_command_queue")  # already up: no change, nobody woken
+    started = loop.time()
+    await health.wait_recovery(0.05)
+    assert loop.time() - started >= 0.05
