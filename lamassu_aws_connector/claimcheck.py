@@ -202,12 +202,16 @@ class ClaimCheck:
         if self.config.kms_key_id:
             params["SSEKMSKeyId"] = self.config.kms_key_id
         policy = S3_PUT.with_limits(cap=self.config.retry_max_backoff_seconds)
+        failures = 0
 
         def retry(exc: BaseException) -> bool:
+            nonlocal failures
+            failures += 1
             self._metrics.s3_errors.labels("PutObject", aws_error_code(exc)).inc()
             if self.health is not None:
                 self.health.down(S3, aws_error_code(exc), str(exc))
-            log.warning(
+            # The outage is one dependency.down line; each event says why once, then quietly.
+            (log.warning if failures == 1 else log.debug)(
                 "claimcheck.put_failed",
                 **fields,
                 bucket=self.config.bucket,
@@ -219,7 +223,8 @@ class ClaimCheck:
             return keep_trying()
 
         try:
-            async for attempt in policy.retrying(failed_and(retry)):
+            wait = self.health.wait_recovery if self.health is not None else None
+            async for attempt in policy.retrying(failed_and(retry), sleep=wait):
                 with attempt:
                     await self._client.put_object(**params)
         except Exception as exc:

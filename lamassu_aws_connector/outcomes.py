@@ -23,9 +23,10 @@ is published, and the named retry policies every retry loop of the connector use
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import random
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -372,14 +373,18 @@ class RetryPolicy:
         self,
         retry: Callable[[RetryCallState], bool],
         before_sleep: Callable[[RetryCallState], None] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> AsyncRetrying:
-        """A tenacity loop with this policy's waits and limits; the last failure is re-raised."""
+        """A tenacity loop with this policy's waits and limits; the last failure is re-raised.
+        ``sleep``: how to wait between attempts (DependencyHealth.wait_recovery ends a wait early
+        when the dependency comes back)."""
         stops: list[stop_base] = []
         if self.max_attempts is not None:
             stops.append(stop_after_attempt(self.max_attempts))
         if self.max_seconds is not None:
             stops.append(stop_after_delay(self.max_seconds))
         return AsyncRetrying(
+            sleep=sleep or asyncio.sleep,
             wait=_FullJitter(self),
             retry=retry,
             stop=stop_any(*stops) if stops else stop_never,
