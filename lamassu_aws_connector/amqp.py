@@ -19,7 +19,6 @@ The frames of deliveries, confirms, publishes and acks are read and written by :
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import datetime as dt
 import ssl
@@ -30,7 +29,6 @@ from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiormq
-import orjson
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
@@ -50,7 +48,7 @@ from . import amqp_wire
 from .config import APP_ID, AmqpConfig, mask_url
 from .logs import get_logger
 from .metrics import Metrics
-from .outcomes import STARTUP, dead_letter_headers, exception_chain, failed_and
+from .outcomes import STARTUP, dead_letter_headers, exception_chain, failed_and, header_text
 
 log = get_logger(__name__)
 
@@ -339,25 +337,6 @@ def channel_open(delivery: Consumed) -> bool:
 def string_headers(headers: dict[str, Any]) -> dict[str, Any]:
     """Lamassu v2.5+ subscribers (watermill-amqp) accept string header values only."""
     return {key: value if isinstance(value, str) else header_text(value) for key, value in headers.items()}
-
-
-def header_text(value: Any) -> str:
-    """A header value as text a reader would write it: JSON's words and forms, not Python's repr."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return ""
-    if isinstance(value, bytes | bytearray | memoryview):
-        raw = bytes(value)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return base64.b64encode(raw).decode("ascii")
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    if isinstance(value, dict | list | tuple):
-        return orjson.dumps(value, default=header_text).decode()
-    return str(value)
 
 
 def persistent_copy(delivery: Consumed, headers: dict[str, Any]) -> aio_pika.Message:

@@ -52,7 +52,7 @@ from .amqp import AmqpGateway, persistent_copy, string_headers, vhost_refusal
 from .config import APP_ID, Settings, mask_url
 from .events import ParsedEvent, Rejection, identify, parse_amqp, parse_structured
 from .metrics import Metrics
-from .outcomes import is_own_header
+from .outcomes import header_text, is_own_header
 from .sqs import SqsGateway
 
 CONNECT_TIMEOUT_SECONDS = 30.0
@@ -119,34 +119,28 @@ class DeadLetterCensus:
     oldest_age_seconds: float | None
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", "replace")
-    return "" if value is None else str(value)
-
-
 def describe(message: AbstractIncomingMessage, now: dt.datetime | None = None, *, is_reply: bool = False) -> DeadLetter:
     headers = message.headers or {}
     named = identify(message.body, headers)
-    event_type = named.get("event_type") or _text(message.type)
-    event_id = named.get("event_id") or _text(message.message_id)
+    event_type = named.get("event_type") or header_text(message.type)
+    event_id = named.get("event_id") or header_text(message.message_id)
     age = None
-    stamp = _text(headers.get("x-dead-lettered-at"))
+    stamp = header_text(headers.get("x-dead-lettered-at"))
     if stamp:
         try:
             age = ((now or dt.datetime.now(dt.UTC)) - dt.datetime.fromisoformat(stamp)).total_seconds()
         except (ValueError, TypeError):
             age = None
     return DeadLetter(
-        code=_text(headers.get("x-error-code")) or "?",
-        message=_text(headers.get("x-error-message")),
+        code=header_text(headers.get("x-error-code")) or "?",
+        message=header_text(headers.get("x-error-message")),
         event_type=event_type,
         event_id=event_id,
         age_seconds=age,
         size=len(message.body),
         is_reply=is_reply,
-        sqs_message_id=_text(headers.get("x-sqs-message-id")),
-        amqp_message_id=_text(message.message_id),
+        sqs_message_id=header_text(headers.get("x-sqs-message-id")),
+        amqp_message_id=header_text(message.message_id),
     )
 
 
@@ -246,7 +240,7 @@ async def probe_amqp(settings: Settings, wait_seconds: float = 10.0) -> str:
         properties = {}
     finally:
         await connection.close()
-    product, version = _text(properties.get("product")), _text(properties.get("version"))
+    product, version = header_text(properties.get("product")), header_text(properties.get("version"))
     return f"{product} {version}".strip() or "AMQP 0-9-1 broker"
 
 
@@ -378,7 +372,7 @@ def _properties(message: AbstractIncomingMessage) -> dict[str, str]:
         "delivery_mode": "persistent" if message.delivery_mode == DeliveryMode.PERSISTENT else "transient",
         "priority": message.priority,
     }
-    return {key: _text(value) for key, value in values.items() if value not in (None, "")}
+    return {key: header_text(value) for key, value in values.items() if value not in (None, "")}
 
 
 async def census(
@@ -430,8 +424,8 @@ class _Replayer:
             ) from None
         if self._to_original:
             original = message.headers or {}
-            exchange = _text(original.get("x-original-exchange"))
-            routing_key = _text(original.get("x-original-routing-key"))
+            exchange = header_text(original.get("x-original-exchange"))
+            routing_key = header_text(original.get("x-original-routing-key"))
             if not exchange and not routing_key:
                 raise ToolError("no x-original-exchange / x-original-routing-key header")
             if exchange and exchange not in self._settings.amqp.exchanges:
@@ -462,8 +456,9 @@ class _Replayer:
         attributes = {}
         for key, value in headers.items():
             attribute = str(key).removeprefix("x-sqs-attribute-")
-            if str(key).startswith("x-sqs-attribute-") and attribute.startswith(_REPLAYED_ATTRIBUTES) and _text(value):
-                attributes[attribute] = {"DataType": "String", "StringValue": _text(value)}
+            text = header_text(value)
+            if str(key).startswith("x-sqs-attribute-") and attribute.startswith(_REPLAYED_ATTRIBUTES) and text:
+                attributes[attribute] = {"DataType": "String", "StringValue": text}
         entry: dict[str, Any] = {"Id": "0", "MessageBody": message.body.decode("utf-8")}
         if attributes:
             entry["MessageAttributes"] = dict(list(attributes.items())[:10])

@@ -24,6 +24,7 @@ is published, and the named retry policies every retry loop of the connector use
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import random
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import orjson
 from aiormq.exceptions import AMQPConnectionError, ChannelInvalidStateError, ConnectionClosed
 from botocore.exceptions import (
     ClientError,
@@ -264,17 +266,30 @@ def _utf8_cut(text: str, limit: int) -> str:
     return data[: max(0, limit - len(marker.encode()))].decode("utf-8", "ignore") + marker
 
 
-def _header_text(value: Any) -> str:
+def header_text(value: Any) -> str:
+    """A header value as text a reader would write it: JSON's words and forms, not Python's repr.
+
+    Bytes that are not UTF-8 become base64, so a copy keeps them exactly (a replacement character would not)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
     if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).decode("utf-8", "replace")
+        raw = bytes(value)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(raw).decode("ascii")
     if isinstance(value, dt.datetime):
         return value.isoformat()
+    if isinstance(value, dict | list | tuple):
+        return orjson.dumps(value, default=header_text).decode()
     return str(value)
 
 
 def headers_size(headers: Mapping[str, Any]) -> int:
     """Roughly the encoded size of a header table (names, values, type tags and lengths)."""
-    return sum(len(str(name).encode()) + len(_header_text(value).encode()) + 6 for name, value in headers.items())
+    return sum(len(str(name).encode()) + len(header_text(value).encode()) + 6 for name, value in headers.items())
 
 
 def dead_letter_headers(
@@ -309,7 +324,7 @@ def dead_letter_headers(
         key = str(name)
         if is_own_header(key) or len(key.encode()) > SHORTSTR_MAX_BYTES:
             continue
-        kept[key] = _utf8_cut(_header_text(value), HEADER_VALUE_MAX_BYTES)
+        kept[key] = _utf8_cut(header_text(value), HEADER_VALUE_MAX_BYTES)
     dropped: list[str] = []
     for name, value in (droppable or {}).items():
         if value is None or len(name.encode()) > SHORTSTR_MAX_BYTES:

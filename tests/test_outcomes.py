@@ -192,6 +192,15 @@ def test_dead_letter_headers_name_the_reason_and_keep_the_original_headers() -> 
     assert all(isinstance(value, str) for value in headers.values())
 
 
+def test_dead_letter_headers_write_values_as_a_reader_would() -> None:
+    # One rendering for every header copy the connector writes (DLQ copies, replays, relayed replies).
+    original = {"flag": True, "none": None, "binary": b"\xff\x00", "nested": {"a": [1, False]}}
+    headers = dead_letter_headers("c", "m", {}, original, now=NOW)
+    assert headers["flag"] == "true" and headers["none"] == ""
+    assert headers["binary"] == "/wA="  # not UTF-8: base64, so the bytes survive the copy
+    assert headers["nested"] == '{"a":[1,false]}'
+
+
 def test_dead_letter_headers_always_fit_in_a_frame() -> None:
     huge_attributes = {f"x-sqs-attribute-a{n}": "v" * 100_000 for n in range(10)}
     many = {f"h{n}": "w" * 3000 for n in range(100)}
