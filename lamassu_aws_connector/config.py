@@ -399,6 +399,11 @@ class Settings(BaseSettings):
         # The YAML file arrives as init kwargs; environment variables must override it.
         return (env_settings, init_settings)
 
+    def visibility_outlasts_callers(self) -> bool:
+        """An operator's sqs.visibility_timeout at or above the command API's wait: a reply held by a
+        replica that dies reappears only after its caller on another replica got 504."""
+        return self.http.commands and self.sqs.visibility_timeout >= self.http.commands_timeout_seconds
+
     def masked(self) -> dict[str, Any]:
         """The effective configuration with every secret replaced, safe to print or log."""
         dumped = self.model_dump(mode="json")

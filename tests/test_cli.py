@@ -63,6 +63,16 @@ def test_example_config_is_valid_and_secrets_are_masked() -> None:
     assert shown["sqs"]["command_queue"] == "lamassu-command"
 
 
+def test_the_example_config_with_the_command_api_on_keeps_held_replies_within_a_callers_wait() -> None:
+    api = {"LAMASSU_HTTP__COMMANDS": "true", "LAMASSU_HTTP__AUTH_TOKEN": "a-token-of-twenty-four-chars"}
+    example = str(ROOT / "config.example.yaml")
+    derived = cli("check-config", "--config", example, env=api)
+    assert derived.returncode == 0, derived.stderr
+    assert yaml.safe_load(derived.stdout)["sqs"]["visibility_timeout"] == 20 and "warning" not in derived.stderr
+    pinned = cli("check-config", "--config", example, env={**api, "LAMASSU_SQS__VISIBILITY_TIMEOUT": "60"})
+    assert pinned.returncode == 0 and "warning: sqs.visibility_timeout" in pinned.stderr
+
+
 def test_environment_overrides_the_file() -> None:
     result = cli(
         "check-config",

@@ -90,4 +90,6 @@ def test_with_the_command_api_on_held_replies_reappear_within_a_callers_wait(tmp
     slow = load_settings_from(tmp_path, {"http": {**api, "commands_timeout_seconds": 9}})
     assert slow.sqs.visibility_timeout == 6
     chosen = load_settings_from(tmp_path, {"http": api, "sqs": {"visibility_timeout": 45}})
-    assert chosen.sqs.visibility_timeout == 45  # an operator's choice stands
+    assert chosen.sqs.visibility_timeout == 45  # an operator's choice stands, with a start-up warning
+    assert chosen.visibility_outlasts_callers() and not settings.visibility_outlasts_callers()
+    assert not load_settings_from(tmp_path, {"sqs": {"visibility_timeout": 45}}).visibility_outlasts_callers()
