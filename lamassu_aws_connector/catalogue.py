@@ -698,7 +698,8 @@ class CaNested(_Data):
 
     id: NonEmpty
     certificate: Certificate
-    serial_number: SerialNumber | None = None
+    # Go writes it always (string, no omitempty); a record without one would write "".
+    serial_number: SerialNumberOrEmpty
     metadata: dict[str, Any] | None = None
     level: GoInt | None = None
     creation_ts: GoTime | None = None

@@ -361,6 +361,7 @@ INVALID_EXPECTED: dict[str, str] = {
     "v3.8.0-audit.ca.sign.signature--has-error-zero": "data.has_error: Input should be a valid boolean",
     "v3.8.0-audit.kms.sign--input-a-string": "data.input: Input should be a valid dictionary",
     "v3.8.0-ca.create--certificate-missing": "data.certificate is missing",
+    "v3.8.0-ca.create--serial-number-missing": "data.serial_number is missing",
     "v3.8.0-ca.create--status-mixed-case": "data.certificate.status: Input should be 'ACTIVE'",
     "v3.8.0-ca.create.error--output-missing": "data.output is missing",
     "v3.8.0-ca.delete--cascade-not-bool": "data.CascadeDelete: Input should be a valid boolean",
