@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from . import __version__, dlq
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, load_settings, mask_url
 from .events import ParsedEvent
 from .logs import configure_logging, get_logger
 from .outcomes import ErrorCode
@@ -177,6 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"lamassu-aws-connector: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+    if args.config is None and args.command != "run":
+        # An operator's tool with no file talks to whatever the defaults name: real AWS SQS, say so.
+        sqs = settings.sqs.endpoint_url or f"AWS SQS in {settings.sqs.region}"
+        print(
+            f"lamassu-aws-connector: no --config (or LAMASSU_CONFIG): built-in defaults and LAMASSU_* variables;"
+            f" RabbitMQ {mask_url(settings.amqp.url)}, {sqs}",
+            file=sys.stderr,
+        )
     if args.command == "check-config":
         if args.connect:
             return _check_connections(settings, args.wait)

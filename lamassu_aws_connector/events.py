@@ -390,18 +390,30 @@ def identify(body: bytes, headers: Mapping[str, Any] | None = None) -> dict[str,
             obj = orjson.loads(body)
         except (orjson.JSONDecodeError, RecursionError):
             obj = None
+    peeked = _top_level_strings(body[:_PEEK_BYTES], {b"id", b"type"})
     for name in ("id", "type"):
         if f"event_{name}" in found:
             continue
+        first = _json_string(peeked.get(name.encode(), b""))
         if isinstance(obj, dict):
             value = obj.get(name)
             if isinstance(value, str) and value:
-                found[f"event_{name}"] = value[:_IDENTITY_MAX_CHARS]
+                # A member given twice: the parser kept the last, a first-wins reader sees the first.
+                shown = value if not first or first == value else f"{first} (and {value})"
+                found[f"event_{name}"] = shown[:_IDENTITY_MAX_CHARS]
             continue
-        value = _top_level_strings(body[:_PEEK_BYTES], {b"id", b"type"}).get(name.encode())
-        if value:
-            found[f"event_{name}"] = value.decode("utf-8", "replace")[:_IDENTITY_MAX_CHARS]
+        if first:
+            found[f"event_{name}"] = first[:_IDENTITY_MAX_CHARS]
     return found
+
+
+def _json_string(raw: bytes) -> str:
+    """The text of a JSON string's raw content (escapes resolved), or the raw bytes as text."""
+    try:
+        text = orjson.loads(b'"' + raw + b'"')
+    except orjson.JSONDecodeError:
+        return raw.decode("utf-8", "replace")
+    return text if isinstance(text, str) else ""
 
 
 def _top_level_strings(head: bytes, wanted: set[bytes]) -> dict[bytes, bytes]:

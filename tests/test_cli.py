@@ -73,6 +73,16 @@ def test_the_example_config_with_the_command_api_on_keeps_held_replies_within_a_
     assert pinned.returncode == 0 and "warning: sqs.visibility_timeout" in pinned.stderr
 
 
+def test_a_tool_run_without_a_config_file_says_what_it_talks_to() -> None:
+    assert "LAMASSU_CONFIG" not in os.environ
+    bare = cli("check-config")
+    assert bare.returncode == 0
+    assert "no --config (or LAMASSU_CONFIG)" in bare.stderr and "AWS SQS in us-east-1" in bare.stderr
+    assert "guest:***@" in bare.stderr and "guest:guest" not in bare.stderr
+    given = cli("check-config", "--config", str(ROOT / "config.example.yaml"))
+    assert "no --config" not in given.stderr
+
+
 def test_environment_overrides_the_file() -> None:
     result = cli(
         "check-config",

@@ -727,7 +727,10 @@ def test_identify_names_a_rejected_message_as_far_as_it_can_be_read() -> None:
         "event_id": "e-1",
         "event_type": "ca.create",
     }
-    assert identify(b'\xef\xbb\xbf{"type":"a\\"b","id":"e-2"') == {"event_id": "e-2", "event_type": 'a\\"b'}
+    assert identify(b'\xef\xbb\xbf{"type":"a\\"b","id":"e-2"') == {"event_id": "e-2", "event_type": 'a"b'}
+    # A member given twice is named with both values, the first (a first-wins reader's) first.
+    assert identify(b'{"type":"a","id":"e-3","type":"b"}') == {"event_id": "e-3", "event_type": "a (and b)"}
+    assert identify(b'{"type":"\\u0061","id":"e-4"}') == {"event_id": "e-4", "event_type": "a"}
     assert identify(b'{"id": 7, "type": ["x"]}') == {}  # parsed: only strings count
     # Not JSON, its data first: the event's own members are named, never data.id.
     broken = b'{"data": {"id": "inner", "type": "inner.t", "list": ["id"]}, "id": "e-02", "type": "outer.t" broken'
