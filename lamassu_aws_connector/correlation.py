@@ -148,6 +148,12 @@ class CorrelationTable:
             self._announce("command", {"key": key, "event_id": event.id, "event_type": event.type})
             self._unpark(key, event.id)
 
+    def owned_commands(self) -> list[tuple[str, str, str]]:
+        """The commands this replica sent that still await their reply: (key, id, type), oldest first,
+        for a replica that joins the fleet (it missed their announcements)."""
+        self.expire(self._clock())
+        return [(c.key, c.event_id, c.event_type) for c in self._pending.values() if c.owned]
+
     def on_command_announced(self, key: str, event_id: str, event_type: str) -> None:
         """Another replica sent a tracked command: keep it, so its reply is no orphan here."""
         if self._config.enabled and self._remember(key, event_id, event_type, owned=False):

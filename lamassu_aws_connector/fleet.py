@@ -12,6 +12,12 @@ out on it, each a small AMQP message:
   command (orphan, unsolicited), are counted here and announced to nobody: most replies cost the
   fleet nothing (measured: announcing every reply doubled the CPU per reply).
 
+A replica that joins (a start, a scale-up, a restart, a reconnect that re-created its queue) missed
+the ``command`` announcements of what is outstanding, yet may be the one that relays the replies:
+it says ``hello``, and every other replica answers with ``commands``, the list of its own commands
+still awaiting a reply. A reply relayed here before that list arrives is parked (correlation.py),
+so it is still handed to its owner.
+
 Announcements are published without confirms, in order, by one task, after the reply is already
 relayed and the command already in SQS: they never hold up or drop an event or a reply. One that is
 lost (the connection dropped at that moment) costs a metric or an API answer (504), nothing else.
@@ -41,6 +47,7 @@ from .metrics import Metrics
 log = get_logger(__name__)
 
 _QUEUE_BOUND = 10_000  # announcements waiting for the publisher task; beyond, the newest are dropped
+_SNAPSHOT_CHUNK = 500  # commands per ``commands`` message: ~50 KB, far below any frame or message limit
 
 
 class Fleet:
@@ -57,7 +64,14 @@ class Fleet:
         await self._amqp.consume_fanout(self._exchange, self._on_announcement)
         self._publisher = asyncio.create_task(self._publish_forever(), name="fleet-publisher")
         self._correlation.join_fleet(self.announce)
+        self.announce("hello", {})
+        connection = self._amqp.connection
+        if connection is not None:  # the queue is new after a reconnect: what was announced meanwhile is lost
+            connection.reconnect_callbacks.add(self._on_reconnected)
         log.info("fleet.joined", replica=self.replica, exchange=self._exchange)
+
+    def _on_reconnected(self, *_: Any) -> None:
+        self.announce("hello", {})
 
     async def stop(self) -> None:
         if self._publisher is not None:
@@ -108,10 +122,21 @@ class Fleet:
                     self._correlation.on_command_announced(
                         str(data["key"]), str(data["event_id"]), str(data["event_type"])
                     )
+            elif kind == "hello" and origin != self.replica:
+                self._share_outstanding()
+            elif kind == "commands" and origin != self.replica:
+                for key, event_id, event_type in orjson.loads(message.body)["commands"]:
+                    self._correlation.on_command_announced(str(key), str(event_id), str(event_type))
             elif kind == "reply" and origin != self.replica:
                 reply = parse_structured(message.body, repair_missing_id=False).event
                 fields = {"event_id": reply.id, "event_type": reply.type, "queue": str(headers.get("queue", ""))}
                 self._correlation.on_reply_announced(reply, fields, relayed_here=False)
             self._metrics.fleet_announcements.labels(kind or "unknown", "received").inc()
-        except (orjson.JSONDecodeError, KeyError, TypeError, Rejection) as exc:
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, Rejection) as exc:
             log.warning("fleet.bad_announcement", kind=kind, origin=origin, error=repr(exc)[:200])
+
+    def _share_outstanding(self) -> None:
+        """A replica joined: tell it which of this replica's commands still await a reply."""
+        owned = self._correlation.owned_commands()
+        for start in range(0, len(owned), _SNAPSHOT_CHUNK):
+            self.announce("commands", {"commands": owned[start : start + _SNAPSHOT_CHUNK]})

@@ -4,7 +4,9 @@ Three connector processes share the queues. A stand-in Lambda answers every comm
 command queue with a reply carrying its correlation id; 60 commands are posted round robin to the
 three command APIs. Whichever replica receives a reply, the caller of the replica that sent the
 command gets it, and the correlation metrics summed over the replicas count each once. Then one
-replica is SIGKILLed while commands are in flight: its callers get an error, nothing is lost.
+replica is SIGKILLed while commands are in flight: its callers get an error, nothing is lost. Then a
+new replica joins while 24 commands sent by the others await their replies (the Lambda holds them
+until it is ready): it relays its share, and every caller still gets its own reply, no orphan.
 """
 
 from __future__ import annotations
@@ -41,10 +43,25 @@ def command(device: str) -> dict[str, Any]:
     }
 
 
-async def stand_in_lambda(env: Env, names: Names, answered: list[str]) -> None:
+class Held:
+    """Commands whose device id starts with ``prefix`` are answered only once ``release`` is set."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.release = asyncio.Event()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+
+async def stand_in_lambda(env: Env, names: Names, answered: list[str], held: Held | None = None) -> None:
     """Answers each command as the AWS Lambda would: a reply quoting the command's correlation id."""
     command_url = await env.sqs_url(names.command_queue)
     response_url = await env.sqs_url(names.response_queue)
+
+    async def answer_later(body: str) -> None:
+        assert held is not None
+        await held.release.wait()
+        await env.sqs.send_message(QueueUrl=response_url, MessageBody=body)
+
     while True:
         try:
             received = await env.sqs.receive_message(
@@ -64,7 +81,12 @@ async def stand_in_lambda(env: Env, names: Names, answered: list[str]) -> None:
                 "correlationid": key,
                 "data": {"device_id": body["data"]["device_id"], "status": 200},
             }
-            await env.sqs.send_message(QueueUrl=response_url, MessageBody=orjson.dumps(reply).decode())
+            if held is not None and body["data"]["device_id"].startswith(held.prefix):
+                task = asyncio.create_task(answer_later(orjson.dumps(reply).decode()))
+                held.tasks.add(task)
+                task.add_done_callback(held.tasks.discard)
+            else:
+                await env.sqs.send_message(QueueUrl=response_url, MessageBody=orjson.dumps(reply).decode())
             await env.sqs.delete_message(QueueUrl=command_url, ReceiptHandle=message["ReceiptHandle"])
             answered.append(body["data"]["device_id"])
 
@@ -129,13 +151,14 @@ async def test_13_three_replicas_answer_every_command_and_count_each_once(env: E
     observer = ReplyCollector(env.test_url, names.reply_exchange, names.reply_count_queue)
     answered: list[str] = []
     lambda_task: asyncio.Task[None] | None = None
+    held = Held(f"{names.tag}-j")
     try:
         for replica in replicas:
             await replica.start()
         for replica in replicas:
             await replica.wait_ready()
         await observer.start()
-        lambda_task = asyncio.create_task(stand_in_lambda(env, names, answered))
+        lambda_task = asyncio.create_task(stand_in_lambda(env, names, answered, held))
         t0 = time.monotonic()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
             window = asyncio.Semaphore(12)
@@ -181,13 +204,50 @@ async def test_13_three_replicas_answer_every_command_and_count_each_once(env: E
                 assert int(device.rsplit("k", 1)[1]) % 3 == 2, (device, status)  # only the killed replica's callers
         # Every command that reached SQS was answered, and every answer reached RabbitMQ.
         await poll(lambda: _all_relayed(observer, answered), 90, "every reply relayed to RabbitMQ")
+        before_join = [await replica.metrics() for replica in survivors]
+
+        # A replica joins (scale-up, restart) while commands sent by the others await their replies:
+        # it missed their announcements, yet relays its share of the replies; every caller still gets
+        # its own reply, and no reply is an orphan anywhere.
+        joining = Connector(config, env.workdir / names.tag, "replica-3")
+        replicas.append(joining)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+            async def waiting(index: int) -> tuple[str, int, Any]:
+                device = f"{held.prefix}{index:03d}"
+                status, body = await post(session, survivors[index % 2], command(device))
+                return device, status, body
+
+            joined_batch = [asyncio.create_task(waiting(index)) for index in range(24)]
+            await poll(lambda: _answered_count(answered, held.prefix, 24), 60, "the 24 commands received, held")
+            await joining.start()
+            await joining.wait_ready()
+            held.release.set()
+            joined = await asyncio.gather(*joined_batch)
+        for device, status, body in joined:
+            assert status == 200, (device, status, body)
+            assert body["data"]["device_id"] == device  # its own reply
+        await poll(lambda: _all_relayed(observer, answered), 60, "every reply relayed to RabbitMQ")
+        after_join = [await replica.metrics() for replica in [*survivors, joining]]
+        relayed_by_joining = metric_sum(after_join[2:], "lamassu_connector_replies_relayed_total")
+        join_outcomes = [
+            metric_sum(after_join, "lamassu_connector_replies_correlated_total", outcome=outcome)
+            - metric_sum(before_join, "lamassu_connector_replies_correlated_total", outcome=outcome)
+            for outcome in ("matched", "orphan")
+        ]
+        assert join_outcomes == [24, 0], (join_outcomes, relayed_by_joining)
+
         lost = len(set(answered) - observer.devices())
+        survivors = [*survivors, joining]
         texts = [await replica.metrics() for replica in survivors]
         exit_codes = [await replica.stop() for replica in survivors]
         figures = Figures(
             scenario="13-three-replicas",
-            title="3 replicas: 60 commands round robin through POST /v1/commands, then one replica SIGKILLed",
-            sent=60 + len(outcomes),
+            title=(
+                "3 replicas: 60 commands round robin through POST /v1/commands, then one replica SIGKILLed,"
+                " then a replica joins while 24 commands await their replies"
+            ),
+            sent=60 + len(outcomes) + len(joined),
             arrived=len(observer.devices()),
             lost=lost,
             duplicated=len(observer.bodies) - len(observer.devices()),
@@ -202,16 +262,24 @@ async def test_13_three_replicas_answer_every_command_and_count_each_once(env: E
                 "replies_relayed_per_replica": relayed_by,
                 "after_kill_answered_200": sum(1 for _, status in outcomes if status == 200),
                 "after_kill_errors": sum(1 for _, status in outcomes if status != 200),
+                "joined_answered_200_matched_orphan": [
+                    sum(1 for _, status, _ in joined if status == 200),
+                    *join_outcomes,
+                ],
+                "replies_relayed_by_the_joining_replica": relayed_by_joining,
                 "exit_codes": exit_codes,
             },
         )
         figures.save()
         assert lost == 0 and answered_elsewhere, figures.notes
-        assert exit_codes == [0, 0]
+        assert relayed_by_joining > 0, figures.notes  # the joining replica did relay replies to others' commands
+        assert exit_codes == [0, 0, 0]
         assert_no_secrets(*(replica.log_text() for replica in replicas))
         assert all(TOKEN not in replica.log_text() for replica in replicas)
     finally:
         if lambda_task is not None:
+            for task in held.tasks:
+                task.cancel()
             lambda_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lambda_task
@@ -224,3 +292,7 @@ async def test_13_three_replicas_answer_every_command_and_count_each_once(env: E
 
 async def _all_relayed(observer: ReplyCollector, answered: list[str]) -> bool:
     return bool(answered) and set(answered) <= observer.devices()
+
+
+async def _answered_count(answered: list[str], prefix: str, count: int) -> bool:
+    return sum(1 for device in answered if device.startswith(prefix)) >= count
