@@ -213,7 +213,7 @@ class LamassuCaClient:
 
     def __init__(self, config: LamassuCaConfig, metrics: Metrics, health: DependencyHealth) -> None:
         self._config = config
-        self._base = config.url.rstrip("/") + "/v1"
+        self._base = config.url.rstrip("/")  # paths carry /v1: the logs name what was asked
         self._metrics = metrics
         self._health = health
         self._session: aiohttp.ClientSession | None = None
@@ -347,13 +347,13 @@ class LamassuCaClient:
         return answer
 
     async def ca(self, ca_id: str) -> dict[str, Any]:
-        answer: dict[str, Any] = await self._object("get_ca", "GET", f"/cas/{_segment(ca_id)}")
+        answer: dict[str, Any] = await self._object("get_ca", "GET", f"/v1/cas/{_segment(ca_id)}")
         return answer
 
     async def probe(self) -> None:
         """One cheap authenticated read, so readiness learns the CA is back without waiting for a reply
         to act on (a CA by a common name nobody uses: 200 with nothing, or 404). Raises as requests do."""
-        path = f"/cas/cn/{_segment(PROBE_COMMON_NAME)}"
+        path = f"/v1/cas/cn/{_segment(PROBE_COMMON_NAME)}"
         with contextlib.suppress(LamassuError):  # a refusal is an answer: _request has told readiness
             await self._request("probe", "GET", path, params={"page_size": "1"})
 
@@ -365,7 +365,7 @@ class LamassuCaClient:
             params = {"page_size": str(_CA_PAGE_SIZE)}
             if bookmark:
                 params["bookmark"] = bookmark
-            path = f"/cas/cn/{_segment(common_name)}"
+            path = f"/v1/cas/cn/{_segment(common_name)}"
             answer = await self._request("get_cas_by_cn", "GET", path, params=params)
             if not isinstance(answer, dict):
                 raise LamassuError("get_cas_by_cn", Outcome.TRANSIENT, "2xx", "the CA list is not a JSON object")
@@ -380,18 +380,18 @@ class LamassuCaClient:
         if profile_id:
             body["profile_id"] = profile_id
         answer: dict[str, Any] = await self._object(
-            "sign_certificate", "POST", f"/cas/{_segment(ca_id)}/certificates/sign", body
+            "sign_certificate", "POST", f"/v1/cas/{_segment(ca_id)}/certificates/sign", body
         )
         return answer
 
     async def certificate(self, serial_number: str) -> dict[str, Any]:
-        answer: dict[str, Any] = await self._object("get_certificate", "GET", f"/certificates/{serial_number}")
+        answer: dict[str, Any] = await self._object("get_certificate", "GET", f"/v1/certificates/{serial_number}")
         return answer
 
     async def set_certificate_status(self, serial_number: str, status: str, reason: str) -> dict[str, Any]:
         body = {"status": status, "revocation_reason": reason}
         answer: dict[str, Any] = await self._object(
-            "update_certificate_status", "PUT", f"/certificates/{serial_number}/status", body
+            "update_certificate_status", "PUT", f"/v1/certificates/{serial_number}/status", body
         )
         return answer
 
