@@ -12,6 +12,12 @@ stopping, or SQS (or S3, for a claim-checked command) unreachable, 502 SQS refus
 within ``http.commands_timeout_seconds``. In a fleet, a reply relayed by another replica is announced to
 this one (fleet.py), so any replica answers.
 
+``GET /v1/config`` (``actions.config_cache``): the original connector's endpoint. The AWS IoT
+configuration the Lambda answers ``io.lamassu.iotcore.config.request`` with, asked for once (one
+request for any number of callers) and kept for ``actions.config_cache_seconds``; every
+``io.lamassu.iotcore.config.response`` relayed here refreshes it, every reply about a CA
+(``io.lamassu.iotcore.ca.*``: a registration, a status change) drops it. Same token as the commands.
+
 The event passes the outbound flow's checks (``OutboundPipeline.entry_for``: characters SQS refuses,
 size, claim-check) and its data is always checked against the catalogue, whatever
 ``validation.data`` says: a caller waiting for an answer can fix it now.
@@ -21,8 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import hmac
 import time
+import uuid
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -31,7 +40,7 @@ from aiohttp import web
 from .catalogue import Direction, check_data
 from .claimcheck import Abandoned
 from .correlation import CorrelationTable, correlation_id
-from .events import CloudEvent, Rejection, parse_structured
+from .events import CloudEvent, ParsedEvent, Rejection, parse_structured
 from .logs import get_logger
 from .metrics import Metrics
 from .outbound import OutboundPipeline
@@ -40,12 +49,50 @@ from .sqs import QueueInfo, SqsGateway
 
 log = get_logger(__name__)
 
+CONFIG_REQUEST = "io.lamassu.iotcore.config.request"
+CONFIG_RESPONSE = "io.lamassu.iotcore.config.response"
+_CA_REPLIES = "io.lamassu.iotcore.ca."  # a CA registered, imported, or its status changed in AWS IoT
+
+
+class ConfigCache:
+    """The latest AWS IoT configuration a Lambda answered with, for ``GET /v1/config``."""
+
+    def __init__(self, max_age_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._max_age = max_age_seconds
+        self._clock = clock
+        self._kept: tuple[dict[str, Any], float] | None = None
+
+    def observe(self, reply: CloudEvent) -> None:
+        """Every reply relayed (and every one a ``GET /v1/config`` waited for) passes here."""
+        if reply.type == CONFIG_RESPONSE and isinstance(reply.data, dict):
+            self._kept = (reply.data, self._clock())
+        elif reply.type.startswith(_CA_REPLIES):
+            self._kept = None  # the registered CAs it lists may have changed
+
+    def get(self) -> tuple[dict[str, Any], float] | None:
+        """The configuration and its age in seconds, while younger than the maximum age."""
+        if self._kept is None:
+            return None
+        data, stored_at = self._kept
+        age = self._clock() - stored_at
+        return (data, age) if age < self._max_age else None
+
+
+Render = Callable[[CloudEvent], web.Response]
+
 
 class CommandApi:
     def __init__(
-        self, correlation: CorrelationTable, metrics: Metrics, timeout_seconds: float, token: str | None
+        self,
+        correlation: CorrelationTable,
+        metrics: Metrics,
+        timeout_seconds: float,
+        token: str | None,
+        config_cache: ConfigCache | None = None,
     ) -> None:
         self._correlation = correlation
+        self._config_cache = config_cache
+        self._config_lock = asyncio.Lock()  # one config.request in flight for every GET /v1/config caller
         self._metrics = metrics
         self._timeout = timeout_seconds
         self._expected = token.encode() if token else None
@@ -59,7 +106,10 @@ class CommandApi:
         self._idle.set()
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.post("/v1/commands", self.post_command)]
+        routes = [web.post("/v1/commands", self.post_command)]
+        if self._config_cache is not None:
+            routes.append(web.get("/v1/config", self.get_config))
+        return routes
 
     def stop_accepting(self) -> None:
         """The connector is stopping: new commands get 503; callers already waiting keep waiting."""
@@ -86,6 +136,12 @@ class CommandApi:
         return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self._expected)
 
     async def post_command(self, request: web.Request) -> web.Response:
+        return await self._guarded(request, self._command)
+
+    async def get_config(self, request: web.Request) -> web.Response:
+        return await self._guarded(request, self._config)
+
+    async def _guarded(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.Response:
         if not self._authorized(request):
             denied = self._answer("unauthorized", 401, {"error": "unauthorized", "message": "bearer token required"})
             denied.headers["WWW-Authenticate"] = 'Bearer realm="lamassu-aws-connector"'
@@ -97,15 +153,42 @@ class CommandApi:
         self._in_flight += 1
         self._idle.clear()
         try:
-            return await self._command(request)
+            response: web.Response = await handler(request)
+            return response
         finally:
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()
 
+    async def _config(self, _: web.Request) -> web.Response:
+        assert self._config_cache is not None
+        async with self._config_lock:
+            kept = self._config_cache.get()
+            if kept is not None:
+                data, age = kept
+                self._metrics.api_commands.labels("cached").inc()
+                return web.json_response(data, headers={"Age": str(int(age))})
+            request_event = {
+                "specversion": "1.0",
+                "id": str(uuid.uuid4()),
+                "source": "lamassu-aws-connector",
+                "type": CONFIG_REQUEST,
+                "time": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+                "datacontenttype": "application/json",
+                "data": {},
+            }
+            parsed = parse_structured(orjson.dumps(request_event), repair_missing_id=False)
+            return await self._send(parsed, {}, self._render_config)
+
+    def _render_config(self, reply: CloudEvent) -> web.Response:
+        assert self._config_cache is not None
+        self._config_cache.observe(reply)
+        if reply.type == CONFIG_RESPONSE and isinstance(reply.data, dict):
+            return web.json_response(reply.data, headers={"Age": "0"})
+        message = f"the Lambda answered {CONFIG_REQUEST} with {reply.type[:200]!r}, without a configuration"
+        return web.json_response({"error": "unexpected_reply", "message": message}, status=502)
+
     async def _command(self, request: web.Request) -> web.Response:
-        assert self._target is not None
-        outbound, sqs, queue = self._target
         try:
             parsed = parse_structured(await request.read(), repair_missing_id=False)
         except Rejection as rejection:
@@ -120,6 +203,13 @@ class CommandApi:
         problem = check_data(event.type, event.data, Direction.COMMAND, has_data_base64=event.data_base64 is not None)
         if problem is not None:
             return self._answer("invalid", 400, {"error": ErrorCode.INVALID_DATA.value, "message": problem})
+        return await self._send(parsed, request.headers, _as_cloudevent)
+
+    async def _send(self, parsed: ParsedEvent, headers: Mapping[str, Any], render: Render) -> web.Response:
+        """Send a checked command to SQS and answer with ``render(reply)``, or the error that stopped it."""
+        assert self._target is not None
+        outbound, sqs, queue = self._target
+        event = parsed.event
         key = correlation_id(event)
         if self._correlation.outstanding(event):
             message = (
@@ -132,9 +222,7 @@ class CommandApi:
         deadline = time.monotonic() + self._timeout
         try:
             try:
-                entry, _ = await outbound.entry_for(
-                    parsed, request.headers, fields, lambda: time.monotonic() < deadline
-                )
+                entry, _ = await outbound.entry_for(parsed, headers, fields, lambda: time.monotonic() < deadline)
             except Rejection as rejection:
                 status = 413 if rejection.code is ErrorCode.TOO_LARGE else 400
                 return self._answer("invalid", status, {"error": rejection.code.value, "message": rejection.message})
@@ -157,13 +245,15 @@ class CommandApi:
                 return self._answer("unavailable", 503, {"error": "sqs_unavailable", "message": detail})
             self._correlation.command_sent(event, track=True)
             log.info("commands.sent", **fields, correlation_id=key)
-            return await self._answer_with(reply, fields, key)
+            return await self._answer_with(reply, fields, key, render)
         finally:
             self._correlation.stop_waiting(event)
             reply.cancel()
 
-    async def _answer_with(self, reply: asyncio.Future[CloudEvent], fields: dict[str, Any], key: str) -> web.Response:
-        """The reply, or 504 after the timeout, or 503 when the connector stops first."""
+    async def _answer_with(
+        self, reply: asyncio.Future[CloudEvent], fields: dict[str, Any], key: str, render: Render
+    ) -> web.Response:
+        """The reply (as ``render`` writes it), or 504 after the timeout, or 503 when the connector stops first."""
         closed: asyncio.Future[Any] = asyncio.ensure_future(self._closed.wait())
         waited: set[asyncio.Future[Any]] = {reply, closed}
         try:
@@ -172,10 +262,7 @@ class CommandApi:
             closed.cancel()
         if reply in done:
             self._metrics.api_commands.labels("replied").inc()
-            return web.Response(
-                body=orjson.dumps(reply.result().model_dump(mode="json", exclude_unset=True)),
-                content_type="application/cloudevents+json",
-            )
+            return render(reply.result())
         if closed in done:
             log.warning("commands.stopped_waiting", **fields, correlation_id=key)
             body = {
@@ -191,3 +278,10 @@ class CommandApi:
     def _answer(self, outcome: str, status: int, body: dict[str, Any]) -> web.Response:
         self._metrics.api_commands.labels(outcome).inc()
         return web.json_response(body, status=status)
+
+
+def _as_cloudevent(reply: CloudEvent) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(reply.model_dump(mode="json", exclude_unset=True)),
+        content_type="application/cloudevents+json",
+    )

@@ -344,6 +344,10 @@ class ActionsConfig(_Section):
     # Attempts per reply for timeouts, 5xx and 429; then the reply is dead-lettered as action_failed.
     max_attempts: int = Field(8, ge=1, le=100)
     retry_max_backoff_seconds: float = Field(60.0, gt=0)
+    # The Go connector's GET /v1/config: the AWS IoT configuration (io.lamassu.iotcore.config.response)
+    # asked for once and kept, served by the command API; a reply about a CA drops it (commands.py).
+    config_cache: bool = False
+    config_cache_seconds: float = Field(300.0, gt=0)
 
     @model_validator(mode="after")
     def _url_when_enabled(self) -> ActionsConfig:
@@ -385,6 +389,15 @@ class Settings(BaseSettings):
         if self.http.commands and "visibility_timeout" not in self.sqs.model_fields_set:
             derived = int(self.http.commands_timeout_seconds * 2 / 3)
             self.sqs.visibility_timeout = max(5, min(DEFAULT_VISIBILITY_TIMEOUT, derived))
+        return self
+
+    @model_validator(mode="after")
+    def _config_cache_needs_the_command_api(self) -> Settings:
+        if self.actions.config_cache and not self.http.commands:
+            raise ValueError(
+                "actions.config_cache serves GET /v1/config through the command API: set http.commands: true"
+                " (with http.auth_token)"
+            )
         return self
 
     @classmethod

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,15 @@ from .amqp import AmqpGateway, Outgoing, string_headers
 from .claimcheck import ClaimCheck, Unresolvable
 from .config import APP_ID, Settings
 from .correlation import CorrelationTable
-from .events import ParsedEvent, Rejection, carried_tracestate, identify, is_w3c_traceparent, parse_structured
+from .events import (
+    CloudEvent,
+    ParsedEvent,
+    Rejection,
+    carried_tracestate,
+    identify,
+    is_w3c_traceparent,
+    parse_structured,
+)
 from .health import RESPONSE_QUEUE, S3, DependencyHealth, ProgressWatch
 from .logs import get_logger
 from .metrics import Metrics
@@ -103,9 +112,11 @@ class InboundPipeline:
         correlation: CorrelationTable | None = None,
         health: DependencyHealth | None = None,
         actions: ReplyActions | None = None,
+        on_relayed: Callable[[CloudEvent], None] | None = None,
     ) -> None:
         self._settings = settings
         self._actions = actions  # reply actions (actions.py), when actions.enabled
+        self._on_relayed = on_relayed  # sees every reply once RabbitMQ has it (the config cache)
         self._correlation = correlation
         self._amqp = amqp
         self._sqs = sqs
@@ -319,6 +330,8 @@ class InboundPipeline:
         try:  # the reply is relayed: a failure below must not dead-letter it as well
             if self._correlation is not None:
                 self._correlation.reply_received(parsed.event, fields)
+            if self._on_relayed is not None:
+                self._on_relayed(parsed.event)
             if tracing.enabled():
                 self._trace_span(item, parsed)
         except Exception:

@@ -15,7 +15,7 @@ from .outcomes import ErrorCode
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 SKIP_REASONS = ("loop_guard", "type_not_forwarded", "audit_copy", "error_record")
-API_OUTCOMES = ("replied", "timeout", "invalid", "unavailable", "rejected", "unauthorized", "conflict")
+API_OUTCOMES = ("replied", "cached", "timeout", "invalid", "unavailable", "rejected", "unauthorized", "conflict")
 CORRELATION_OUTCOMES = ("matched", "orphan", "unsolicited")
 RETRY_POLICIES = ("sqs_hold", "reply_publish", "poller", "reply_action")
 # --- reply actions (actions.py) ---
@@ -166,7 +166,7 @@ class Metrics:
         )
         self.api_commands = Counter(
             "lamassu_connector_api_commands",
-            "POST /v1/commands requests by outcome: " + ", ".join(API_OUTCOMES),
+            "POST /v1/commands and GET /v1/config requests by outcome: " + ", ".join(API_OUTCOMES),
             ["outcome"],
             registry=r,
         )

@@ -19,7 +19,7 @@ from . import __version__
 from .actions import LAMASSU_CA, ActionsUnusable, ReplyActions, open_reply_actions
 from .amqp import AmqpGateway, TlsError
 from .claimcheck import BucketMissing, ClaimCheck
-from .commands import CommandApi
+from .commands import CommandApi, ConfigCache
 from .config import Settings
 from .correlation import CorrelationTable
 from .fleet import Fleet
@@ -57,9 +57,15 @@ class Service:
             dependencies += (LAMASSU_CA,)
         self.health = DependencyHealth(self.metrics, dependencies)
         self.commands: CommandApi | None = None
+        self.config_cache: ConfigCache | None = None  # GET /v1/config (actions.config_cache)
         if settings.http.commands:
             token = settings.http.auth_token.get_secret_value() if settings.http.auth_token else None
-            self.commands = CommandApi(self.correlation, self.metrics, settings.http.commands_timeout_seconds, token)
+            self.config_cache = (
+                ConfigCache(settings.actions.config_cache_seconds) if settings.actions.config_cache else None
+            )
+            self.commands = CommandApi(
+                self.correlation, self.metrics, settings.http.commands_timeout_seconds, token, self.config_cache
+            )
         routes = self.commands.routes() if self.commands is not None else []
         self.http = OpsServer(settings.http, self.metrics, self.readiness, routes)
         self.metrics.build_info.labels(version=__version__).set(1)
@@ -152,6 +158,7 @@ class Service:
                 correlation=correlation,
                 health=self.health,
                 actions=actions,
+                on_relayed=self.config_cache.observe if self.config_cache is not None else None,
             )
             self.correlation.start()
             stack.push_async_callback(self.correlation.stop)

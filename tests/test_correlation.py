@@ -16,6 +16,7 @@ import aiohttp
 import orjson
 import pytest
 
+from lamassu_aws_connector.commands import ConfigCache
 from lamassu_aws_connector.config import CorrelationConfig
 from lamassu_aws_connector.correlation import (
     FLEET_GRACE_SECONDS,
@@ -375,6 +376,73 @@ async def test_commands_api_round_trip_invalid_and_timeout(world: World) -> None
         assert metric(service, "api_commands", outcome="conflict") == 2
         assert metric(service, "replies_correlated", outcome="matched") == 1
     assert len(seen) == 2  # the invalid ones never reached SQS
+
+
+def test_the_config_cache_keeps_the_latest_configuration_until_a_ca_changes_or_it_ages() -> None:
+    clock = Clock()
+    cache = ConfigCache(300, clock=clock)
+    assert cache.get() is None
+    cache.observe(ce(event("io.lamassu.iotcore.config.response", data={"account_id": "1", "iot_core_endpoint": "e"})))
+    clock.now += 10
+    assert cache.get() == ({"account_id": "1", "iot_core_endpoint": "e"}, 10)
+    cache.observe(ce(event("io.lamassu.iotcore.thing.config.response", data={"device_id": "d"})))
+    assert cache.get() is not None  # a thing's configuration says nothing of the CAs
+    cache.observe(ce(event("io.lamassu.iotcore.ca.status.update", data={"ca_name": "c", "status": "INACTIVE"})))
+    assert cache.get() is None
+    cache.observe(ce(event("io.lamassu.iotcore.config.response", data={"account_id": "2", "iot_core_endpoint": "e"})))
+    clock.now += 300
+    assert cache.get() is None  # too old
+
+
+@pytest.mark.integration
+async def test_get_config_asks_aws_once_and_serves_the_kept_configuration(world: World) -> None:
+    """The Go connector's GET /v1/config: the first caller's request goes to SQS, later ones are served
+    from what was kept; a reply about a CA drops it, and the next caller asks again."""
+    seen: list[dict[str, Any]] = []
+    token = "t0ken-for-the-config-cache"
+    settings = world.settings(
+        http={"commands": True, "commands_timeout_seconds": 10.0, "auth_token": token},
+        actions={"config_cache": True},
+    )
+
+    def config_reply(command: dict[str, Any], attrs: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+        data = {"account_id": str(len(seen)), "iot_core_endpoint": "abc-ats.iot.eu-west-1.amazonaws.com"}
+        reply = event("io.lamassu.iotcore.config.response", data=data, correlationid=attrs["ce-correlationid"])
+        return reply, {}
+
+    async with running(settings) as service:
+        lambda_task = asyncio.create_task(fake_lambda(world, {"io.lamassu.iotcore.config.request": config_reply}, seen))
+        url = f"http://127.0.0.1:{service.http.port}/v1/config"
+        try:
+            async with aiohttp.ClientSession() as anonymous, anonymous.get(url) as response:
+                assert response.status == 401
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
+
+                async def get() -> tuple[int, Any, str | None]:
+                    async with session.get(url) as response:
+                        return response.status, await response.json(), response.headers.get("Age")
+
+                first = await asyncio.gather(get(), get(), get())  # three callers, one request to AWS
+                assert [status for status, _, _ in first] == [200, 200, 200]
+                assert all(body == {"account_id": "1", "iot_core_endpoint": "abc-ats.iot.eu-west-1.amazonaws.com"}
+                           for _, body, _ in first)  # fmt: skip
+                assert len(seen) == 1 and orjson.loads(seen[0]["Body"])["type"] == "io.lamassu.iotcore.config.request"
+                status, body, age = await get()
+                assert status == 200 and body["account_id"] == "1" and age is not None and len(seen) == 1
+
+                # A CA's status changed in AWS IoT: the kept configuration is dropped; the next caller asks again.
+                notice = event("io.lamassu.iotcore.ca.status.update", data={"ca_name": "c", "status": "INACTIVE"})
+                response_url = await world.sqs_url(world.response_queue)
+                await world.sqs.send_message(QueueUrl=response_url, MessageBody=orjson.dumps(notice).decode())
+                await wait_for(lambda: service.config_cache is not None and service.config_cache.get() is None)
+                status, body, _ = await get()
+                assert status == 200 and body["account_id"] == "2" and len(seen) == 2
+        finally:
+            lambda_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lambda_task
+        assert metric(service, "api_commands", outcome="cached") == 3
+        assert metric(service, "api_commands", outcome="replied") == 2
 
 
 @pytest.mark.integration

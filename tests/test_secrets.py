@@ -81,6 +81,16 @@ def test_a_token_of_the_wrong_type_is_refused_without_being_shown(tmp_path: Path
         assert "12345678901234567890123" not in message and "Tk9" not in message
 
 
+def test_the_config_cache_is_served_by_the_command_api_and_needs_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings_from(tmp_path, {"actions": {"config_cache": True}})
+    assert "http.commands" in str(refused.value)
+    api = {"commands": True, "host": "127.0.0.1"}
+    settings = load_settings_from(tmp_path, {"http": api, "actions": {"config_cache": True}})
+    assert settings.actions.config_cache and settings.actions.config_cache_seconds == 300
+    assert not settings.actions.enabled  # no call to Lamassu: the cache only keeps what AWS answered
+
+
 def test_with_the_command_api_on_held_replies_reappear_within_a_callers_wait(tmp_path: Path) -> None:
     """A reply held by a replica that dies must come back before the callers on the others give up."""
     assert load_settings_from(tmp_path, {}).sqs.visibility_timeout == 60
