@@ -233,7 +233,7 @@ class CorrelationTable:
             latency = now - command.sent_at
             self._metrics.command_reply_latency.labels(self.label(command.event_type)).observe(latency)
             self._metrics.replies_correlated.labels(MATCHED).inc()
-            log.info(
+            log.debug(  # one per reply, as inbound.relayed; the summary line counts them
                 "correlation.matched",
                 **fields,
                 command_id=command.event_id,
