@@ -23,6 +23,7 @@ log = get_logger(__name__)
 COMMAND_QUEUE = "sqs_command_queue"
 RESPONSE_QUEUE = "sqs_response_queue"
 S3 = "s3"
+REPLY_EXCHANGE = "amqp_reply_exchange"  # RabbitMQ refuses (nacks, no confirm) every reply alike
 
 
 @dataclass(slots=True)

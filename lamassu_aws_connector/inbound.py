@@ -11,6 +11,12 @@ Every received SQS message ends in exactly one of these ways, and is deleted fro
 * left in SQS: RabbitMQ is unavailable, S3 is (for a dataref), or nothing is bound for the reply's
   type yet. It becomes visible again and is retried.
 
+A nack or a missing confirm spends the reply's attempts only while it is the reply's own trouble:
+once ``STREAM_FAILURE_REPLIES`` different replies have failed with no publish confirmed in between
+(a subscriber queue full with ``reject-publish``, a broker out of memory), it is the exchange's, an
+outage: ``amqp_reply_exchange`` goes down in ``/readyz`` and the replies wait, spending nothing,
+until a publish is confirmed again, instead of flushing the stream into the dead-letter queue.
+
 So every reply settles or goes back to SQS within bounded time, and one poison reply never holds
 its batch: the replies of a batch that are settled are deleted while the others still wait. While
 publishes wait for RabbitMQ, the messages' visibility is extended so they are not delivered to
@@ -47,7 +53,7 @@ from .events import (
     is_w3c_traceparent,
     parse_structured,
 )
-from .health import RESPONSE_QUEUE, S3, DependencyHealth, ProgressWatch
+from .health import REPLY_EXCHANGE, RESPONSE_QUEUE, S3, DependencyHealth, ProgressWatch
 from .logs import get_logger
 from .metrics import Metrics
 from .outcomes import (
@@ -70,6 +76,9 @@ _BATCHES_PER_POLLER = 4
 # A batch whose replies are not all settled after this long has the settled ones deleted already,
 # so a reply that waits (for RabbitMQ, for its attempts) never makes the others come twice.
 _EARLY_DELETE_SECONDS = 1.0
+
+
+STREAM_FAILURE_REPLIES = 3  # different replies failing in a row: the exchange's trouble, not theirs
 
 
 class _PublishFailed(Exception):
@@ -134,6 +143,8 @@ class InboundPipeline:
         self._batch_slots = asyncio.Semaphore(settings.sqs.pollers * _BATCHES_PER_POLLER)
         self._batches: set[asyncio.Task[None]] = set()
         self._progress = ProgressWatch(settings.health.stall_seconds)
+        # Replies whose last publish failed (nack, confirm timeout) since one was last confirmed.
+        self._failing_replies: set[int] = set()
         self._delete_policy = SQS_DELETE.with_limits(max_seconds=settings.sqs.visibility_timeout * 0.75)
 
     async def start(self) -> None:
@@ -391,7 +402,6 @@ class InboundPipeline:
                 await self._amqp.wait_connected()
             try:
                 await self._amqp.publish(exchange, routing_key, message)
-                return
             except PublishError:
                 raise
             except Exception as exc:
@@ -405,14 +415,31 @@ class InboundPipeline:
                 )
                 if outcome is Outcome.PERMANENT:
                     raise _PublishFailed(ErrorCode.AMQP_REJECTED, f"RabbitMQ cannot take it: {exc!r}") from exc
+                if outcome is Outcome.TRANSIENT and exchange and self._stream_failing(id(message), exc):
+                    outcome = Outcome.DEPENDENCY
                 if outcome is Outcome.TRANSIENT:
                     spent += 1
                     if spent >= self._settings.sqs.reply_max_attempts:
+                        self._failing_replies.discard(id(message))
                         message_text = f"publishing failed {spent} times (sqs.reply_max_attempts): {exc!r}"
                         raise _PublishFailed(ErrorCode.ATTEMPTS_EXHAUSTED, message_text) from exc
+            else:
+                if exchange:  # the reply exchange, not the dead-letter queue (the default exchange)
+                    self._failing_replies.clear()
+                    self._health.up(REPLY_EXCHANGE)
+                return
             attempt += 1
             self._metrics.retries.labels(REPLY_PUBLISH.name).inc()
-            await asyncio.sleep(REPLY_PUBLISH.delay(attempt))
+            await self._health.wait_recovery(REPLY_PUBLISH.delay(attempt))
+
+    def _stream_failing(self, reply: int, exc: BaseException) -> bool:
+        """Whether this failure is the exchange's rather than the reply's (see the module's docstring)."""
+        self._failing_replies.add(reply)
+        if len(self._failing_replies) < STREAM_FAILURE_REPLIES and self._health.is_up(REPLY_EXCHANGE):
+            return False
+        detail = f"{len(self._failing_replies)} replies failing in a row, none confirmed: {exc!r}"
+        self._health.down(REPLY_EXCHANGE, type(exc).__name__, detail)
+        return True
 
     async def _unroutable(self, item: Received, raw: bytes, parsed: ParsedEvent) -> None:
         self._metrics.replies_unroutable.inc()

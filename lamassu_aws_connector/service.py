@@ -23,7 +23,7 @@ from .commands import CommandApi, ConfigCache
 from .config import Settings
 from .correlation import CorrelationTable
 from .fleet import Fleet
-from .health import COMMAND_QUEUE, RESPONSE_QUEUE, S3, DependencyHealth
+from .health import COMMAND_QUEUE, REPLY_EXCHANGE, RESPONSE_QUEUE, S3, DependencyHealth
 from .http import OpsServer
 from .inbound import InboundPipeline
 from .logs import get_logger
@@ -50,7 +50,7 @@ class Service:
         self.amqp: AmqpGateway | None = None
         self.sqs: SqsGateway | None = None
         self.correlation = CorrelationTable(settings.correlation, self.metrics)
-        dependencies: tuple[str, ...] = (COMMAND_QUEUE, RESPONSE_QUEUE)
+        dependencies: tuple[str, ...] = (COMMAND_QUEUE, RESPONSE_QUEUE, REPLY_EXCHANGE)
         if settings.claim_check.bucket or settings.claim_check.reply_buckets:
             dependencies += (S3,)
         if settings.actions.enabled:  # reply actions (actions.py)

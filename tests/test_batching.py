@@ -454,6 +454,29 @@ async def test_a_reply_that_keeps_failing_spends_its_budget_and_the_others_are_d
     assert len(amqp.failures[stuck_type]) == 7  # three attempts spent, no more
 
 
+async def test_when_every_reply_fails_alike_the_exchange_is_down_and_nothing_is_dead_lettered() -> None:
+    """A subscriber queue full with reject-publish nacks every reply: that is an outage of the reply
+    exchange, not five poison replies (QA: 50 of 50 good replies dead-lettered in 8 s before)."""
+    full = "io.lamassu.full"
+    amqp = ReplyAmqp({full: [TimeoutError() for _ in range(12)]})
+    sqs = RecordingSqs()
+    pipeline = _inbound(amqp, sqs, reply_max_attempts=2)  # alone, each reply would be dead-lettered twice over
+    down_seen: list[bool] = []
+    original = pipeline._health.down
+
+    def spy(name: str, error: str, detail: str = "") -> None:
+        if pipeline._health.is_up(name):  # a change of state, as /readyz and the log see it
+            down_seen.append(name == "amqp_reply_exchange")
+        original(name, error, detail)
+
+    pipeline._health.down = spy  # type: ignore[method-assign]
+    await asyncio.wait_for(pipeline._handle_batch([_reply(n, type=full) for n in range(5)]), 60)
+    assert not amqp.failures[full]  # every scripted failure was met
+    assert [exchange for exchange, _, _ in amqp.published] == ["lamassu-events"] * 5  # relayed, none dead-lettered
+    assert set().union(*sqs.deleted) == {f"r{n}" for n in range(5)}
+    assert down_seen == [True] and pipeline._health.is_up("amqp_reply_exchange")  # down once, up again
+
+
 async def test_a_lost_connection_spends_no_attempts() -> None:
     amqp = ReplyAmqp({"io.lamassu.flaky": [ConnectionClosed(320, "gone") for _ in range(5)]})
     sqs = RecordingSqs()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aio_pika
 import pytest
 
 from lamassu_aws_connector.config import Settings
@@ -71,6 +72,44 @@ async def test_7d_connector_restarted_gracefully_while_replies_stream(env: Env) 
     assert figures.dead_lettered == 0
     # Nothing waited out the visibility timeout: every reply arrived well before it.
     assert figures.drain_seconds is not None and figures.drain_seconds < visibility / 2, figures
+
+
+async def test_7e_a_full_subscriber_queue_refuses_every_reply_for_a_while(env: Env) -> None:
+    """One queue bound to the reply exchange is full with reject-publish: RabbitMQ nacks every reply
+    (and still routes it to the other queues). That is the exchange's outage, not a stream of poison:
+    the replies wait, /readyz names amqp_reply_exchange, nothing is dead-lettered; once the queue is
+    gone every reply is relayed. The counting queue sees each nacked attempt, hence duplicates."""
+
+    async def fault(run: Run) -> None:
+        connection = await aio_pika.connect(env.test_url)
+        try:
+            channel = await connection.channel()
+            exchange = await channel.get_exchange(run.names.reply_exchange)
+            full = await channel.declare_queue(
+                f"{run.names.tag}.full", arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+            )
+            await full.bind(exchange, "#")
+            [connector] = run.connectors
+
+            async def exchange_down() -> bool:
+                status, body = await connector.readiness()
+                return status == 503 and "amqp_reply_exchange" in body.get("down", [])
+
+            began = time.monotonic()
+            await poll(exchange_down, 60, "amqp_reply_exchange down in /readyz")
+            run.notes["readyz_503_after_s"] = round(time.monotonic() - began, 1)
+            await asyncio.sleep(5)  # the fault's length: replies keep coming and must wait, not be dead-lettered
+            await full.delete(if_unused=False, if_empty=False)
+            run.cleared()
+        finally:
+            await connection.close()
+
+    figures, run = await reply_scenario(
+        env, "07e-reply-subscriber-queue-full", "Replies: a subscriber queue full (reject-publish) for 5 s", fault
+    )
+    assert figures.lost == 0
+    assert figures.dead_lettered == 0, figures
+    assert "readyz_503_after_s" in run.notes
 
 
 async def test_7c_sqs_unreachable_while_replies_stream(env: Env) -> None:
