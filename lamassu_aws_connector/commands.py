@@ -32,7 +32,7 @@ import hmac
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -79,6 +79,8 @@ class ConfigCache:
 
 
 Render = Callable[[CloudEvent], web.Response]
+# GET /v1/config callers that waited for another caller's request: counted by its answer.
+_FOLLOWER_OUTCOMES = {200: "cached", 400: "invalid", 413: "invalid", 502: "rejected", 504: "timeout"}
 
 
 class CommandApi:
@@ -92,7 +94,7 @@ class CommandApi:
     ) -> None:
         self._correlation = correlation
         self._config_cache = config_cache
-        self._config_lock = asyncio.Lock()  # one config.request in flight for every GET /v1/config caller
+        self._config_fetch: asyncio.Future[tuple[int, bytes, dict[str, str]]] | None = None  # GET /v1/config
         self._metrics = metrics
         self._timeout = timeout_seconds
         self._expected = token.encode() if token else None
@@ -162,31 +164,52 @@ class CommandApi:
 
     async def _config(self, _: web.Request) -> web.Response:
         assert self._config_cache is not None
-        async with self._config_lock:
-            kept = self._config_cache.get()
-            if kept is not None:
-                data, age = kept
-                self._metrics.api_commands.labels("cached").inc()
-                return web.json_response(data, headers={"Age": str(int(age))})
-            request_event = {
-                "specversion": "1.0",
-                "id": str(uuid.uuid4()),
-                "source": "lamassu-aws-connector",
-                "type": CONFIG_REQUEST,
-                "time": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
-                "datacontenttype": "application/json",
-                "data": {},
-            }
-            parsed = parse_structured(orjson.dumps(request_event), repair_missing_id=False)
-            return await self._send(parsed, {}, self._render_config)
+        kept = self._config_cache.get()
+        if kept is not None:
+            data, age = kept
+            self._metrics.api_commands.labels("cached").inc()
+            return web.json_response(data, headers={"Age": str(int(age))})
+        # One config.request for every caller that comes while it is out; its answer (a reply, 504,
+        # 502, 503) is every one's. Shielded: a caller that goes away does not take it from the others.
+        fetch = self._config_fetch
+        if fetch is not None and not fetch.done():
+            status, body, headers = await asyncio.shield(fetch)
+            self._metrics.api_commands.labels(_FOLLOWER_OUTCOMES.get(status, "unavailable")).inc()
+        else:
+            fetch = self._config_fetch = asyncio.ensure_future(self._fetch_config())
+            status, body, headers = await asyncio.shield(fetch)
+        return web.Response(body=body, status=status, headers=headers)
+
+    async def _fetch_config(self) -> tuple[int, bytes, dict[str, str]]:
+        request_event = {
+            "specversion": "1.0",
+            "id": str(uuid.uuid4()),
+            "source": "lamassu-aws-connector",
+            "type": CONFIG_REQUEST,
+            "time": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+            "datacontenttype": "application/json",
+            "data": {},
+        }
+        parsed = parse_structured(orjson.dumps(request_event), repair_missing_id=False)
+        response = await self._send(parsed, {}, self._render_config)
+        headers = {name: value for name, value in response.headers.items() if name in ("Content-Type", "Age")}
+        return response.status, bytes(cast(bytes, response.body)), headers
 
     def _render_config(self, reply: CloudEvent) -> web.Response:
         assert self._config_cache is not None
         self._config_cache.observe(reply)
         if reply.type == CONFIG_RESPONSE and isinstance(reply.data, dict):
+            self._metrics.api_commands.labels("replied").inc()
             return web.json_response(reply.data, headers={"Age": "0"})
         message = f"the Lambda answered {CONFIG_REQUEST} with {reply.type[:200]!r}, without a configuration"
-        return web.json_response({"error": "unexpected_reply", "message": message}, status=502)
+        return self._answer("rejected", 502, {"error": "unexpected_reply", "message": message})
+
+    def _render_event(self, reply: CloudEvent) -> web.Response:
+        self._metrics.api_commands.labels("replied").inc()
+        return web.Response(
+            body=orjson.dumps(reply.model_dump(mode="json", exclude_unset=True)),
+            content_type="application/cloudevents+json",
+        )
 
     async def _command(self, request: web.Request) -> web.Response:
         try:
@@ -203,7 +226,7 @@ class CommandApi:
         problem = check_data(event.type, event.data, Direction.COMMAND, has_data_base64=event.data_base64 is not None)
         if problem is not None:
             return self._answer("invalid", 400, {"error": ErrorCode.INVALID_DATA.value, "message": problem})
-        return await self._send(parsed, request.headers, _as_cloudevent)
+        return await self._send(parsed, request.headers, self._render_event)
 
     async def _send(self, parsed: ParsedEvent, headers: Mapping[str, Any], render: Render) -> web.Response:
         """Send a checked command to SQS and answer with ``render(reply)``, or the error that stopped it."""
@@ -261,7 +284,6 @@ class CommandApi:
         finally:
             closed.cancel()
         if reply in done:
-            self._metrics.api_commands.labels("replied").inc()
             return render(reply.result())
         if closed in done:
             log.warning("commands.stopped_waiting", **fields, correlation_id=key)
@@ -278,10 +300,3 @@ class CommandApi:
     def _answer(self, outcome: str, status: int, body: dict[str, Any]) -> web.Response:
         self._metrics.api_commands.labels(outcome).inc()
         return web.json_response(body, status=status)
-
-
-def _as_cloudevent(reply: CloudEvent) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(reply.model_dump(mode="json", exclude_unset=True)),
-        content_type="application/cloudevents+json",
-    )

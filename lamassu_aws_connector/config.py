@@ -559,5 +559,5 @@ def _describe(exc: ValidationError) -> str:
             elif any(word in key for word in _SECRET_KEY_WORDS):
                 shown = "***"  # a token given as a number or a list is still a secret
             message = f"{message} (got {shown!r})"
-        lines.append(f"{key}: {message}")
+        lines.append(f"{key}: {message}" if key else message)  # a rule across sections has no key
     return "invalid configuration: " + "; ".join(lines)

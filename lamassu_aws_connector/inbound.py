@@ -12,10 +12,12 @@ Every received SQS message ends in exactly one of these ways, and is deleted fro
   type yet. It becomes visible again and is retried.
 
 A nack or a missing confirm spends the reply's attempts only while it is the reply's own trouble:
-once ``STREAM_FAILURE_REPLIES`` different replies have failed with no publish confirmed in between
-(a subscriber queue full with ``reject-publish``, a broker out of memory), it is the exchange's, an
-outage: ``amqp_reply_exchange`` goes down in ``/readyz`` and the replies wait, spending nothing,
-until a publish is confirmed again, instead of flushing the stream into the dead-letter queue.
+once ``STREAM_FAILURE_REPLIES`` different replies have failed within a minute with no publish
+confirmed since (a subscriber queue full with ``reject-publish``, a broker out of memory), it is the
+exchange's, an outage: ``amqp_reply_exchange`` goes down in ``/readyz`` and the replies wait,
+spending nothing, until a publish is confirmed again, instead of flushing the stream into the
+dead-letter queue. A reply waits so for at most ``OUTAGE_HOLD_SECONDS`` (then spends its attempts):
+nothing tells a burst of replies that fail for their own reason from an outage.
 
 So every reply settles or goes back to SQS within bounded time, and one poison reply never holds
 its batch: the replies of a batch that are settled are deleted while the others still wait. While
@@ -78,7 +80,12 @@ _BATCHES_PER_POLLER = 4
 _EARLY_DELETE_SECONDS = 1.0
 
 
-STREAM_FAILURE_REPLIES = 3  # different replies failing in a row: the exchange's trouble, not theirs
+STREAM_FAILURE_REPLIES = 3  # different replies failing, none confirmed: the exchange's trouble, not theirs
+STREAM_FAILURE_WINDOW_SECONDS = 60.0  # ... within this long of each other
+# A reply held through a declared outage spends its attempts again after this long: a burst of replies
+# that fail for their own reason (bigger than a queue's max-length-bytes) cannot be told apart from an
+# outage, and must not be held for ever.
+OUTAGE_HOLD_SECONDS = 300.0
 
 
 class _PublishFailed(Exception):
@@ -143,8 +150,10 @@ class InboundPipeline:
         self._batch_slots = asyncio.Semaphore(settings.sqs.pollers * _BATCHES_PER_POLLER)
         self._batches: set[asyncio.Task[None]] = set()
         self._progress = ProgressWatch(settings.health.stall_seconds)
-        # Replies whose last publish failed (nack, confirm timeout) since one was last confirmed.
-        self._failing_replies: set[int] = set()
+        # Replies whose publish failed (nack, confirm timeout) since one was last confirmed, and when;
+        # the ones still being tried.
+        self._failing_replies: dict[str, float] = {}
+        self._retrying: set[str] = set()
         self._delete_policy = SQS_DELETE.with_limits(max_seconds=settings.sqs.visibility_timeout * 0.75)
 
     async def start(self) -> None:
@@ -385,59 +394,80 @@ class InboundPipeline:
                 headers=headers,
             ),
         )
-        await self._publish_confirmed(self._settings.amqp.reply_exchange, parsed.type, message)
+        reply_key = item.sqs_message_id or f"reply-{id(item)}"
+        await self._publish_confirmed(self._settings.amqp.reply_exchange, parsed.type, message, reply_key=reply_key)
 
-    async def _publish_confirmed(self, exchange: str, routing_key: str, message: aio_pika.Message | Outgoing) -> None:
+    async def _publish_confirmed(
+        self, exchange: str, routing_key: str, message: aio_pika.Message | Outgoing, *, reply_key: str = ""
+    ) -> None:
         """Publish until RabbitMQ confirms, within the reply's attempt budget (outcomes.py decides).
 
         An unroutable return (PublishError) is raised at once; an error the message itself causes
         (encoding, limits) raises _PublishFailed(AMQP_REJECTED) at once; while the connection is
         down the reply waits without spending its budget; any other failure (a nack, a confirm
-        timeout) spends one attempt, and the last raises _PublishFailed(ATTEMPTS_EXHAUSTED).
+        timeout) spends one attempt, and the last raises _PublishFailed(ATTEMPTS_EXHAUSTED) — except
+        while the reply exchange is down (``reply_key`` given: the module's docstring), for at most
+        ``OUTAGE_HOLD_SECONDS`` of this reply's failures.
         """
         spent = 0
         attempt = 0
-        while True:
-            if not self._amqp.connected:
-                await self._amqp.wait_connected()
-            try:
-                await self._amqp.publish(exchange, routing_key, message)
-            except PublishError:
-                raise
-            except Exception as exc:
-                outcome = classify_amqp_publish_error(exc)
-                log.warning(
-                    "inbound.publish_failed",
-                    exchange=exchange,
-                    routing_key=routing_key[:255],
-                    error=repr(exc)[:300],
-                    outcome=outcome.value,
-                )
-                if outcome is Outcome.PERMANENT:
-                    raise _PublishFailed(ErrorCode.AMQP_REJECTED, f"RabbitMQ cannot take it: {exc!r}") from exc
-                if outcome is Outcome.TRANSIENT and exchange and self._stream_failing(id(message), exc):
-                    outcome = Outcome.DEPENDENCY
-                if outcome is Outcome.TRANSIENT:
-                    spent += 1
-                    if spent >= self._settings.sqs.reply_max_attempts:
-                        self._failing_replies.discard(id(message))
-                        message_text = f"publishing failed {spent} times (sqs.reply_max_attempts): {exc!r}"
-                        raise _PublishFailed(ErrorCode.ATTEMPTS_EXHAUSTED, message_text) from exc
-            else:
-                if exchange:  # the reply exchange, not the dead-letter queue (the default exchange)
-                    self._failing_replies.clear()
+        first_failure: float | None = None
+        try:
+            while True:
+                if not self._amqp.connected:
+                    await self._amqp.wait_connected()
+                try:
+                    await self._amqp.publish(exchange, routing_key, message)
+                except PublishError:
+                    raise
+                except Exception as exc:
+                    outcome = classify_amqp_publish_error(exc)
+                    # During a declared outage, dependency.down said it once; each retry is detail.
+                    (log.warning if self._health.is_up(REPLY_EXCHANGE) else log.debug)(
+                        "inbound.publish_failed",
+                        exchange=exchange,
+                        routing_key=routing_key[:255],
+                        error=repr(exc)[:300],
+                        outcome=outcome.value,
+                    )
+                    if outcome is Outcome.PERMANENT:
+                        raise _PublishFailed(ErrorCode.AMQP_REJECTED, f"RabbitMQ cannot take it: {exc!r}") from exc
+                    if outcome is Outcome.TRANSIENT and reply_key:
+                        now = time.monotonic()
+                        first_failure = now if first_failure is None else first_failure
+                        held = now - first_failure < OUTAGE_HOLD_SECONDS
+                        if self._stream_failing(reply_key, now, exc) and held:
+                            outcome = Outcome.DEPENDENCY
+                    if outcome is Outcome.TRANSIENT:
+                        spent += 1
+                        if spent >= self._settings.sqs.reply_max_attempts:
+                            message_text = f"publishing failed {spent} times (sqs.reply_max_attempts): {exc!r}"
+                            raise _PublishFailed(ErrorCode.ATTEMPTS_EXHAUSTED, message_text) from exc
+                else:
+                    if reply_key:
+                        self._failing_replies.clear()
+                        self._health.up(REPLY_EXCHANGE)
+                    return
+                attempt += 1
+                self._metrics.retries.labels(REPLY_PUBLISH.name).inc()
+                await self._health.wait_recovery(REPLY_PUBLISH.delay(attempt))
+        finally:
+            if reply_key:
+                self._retrying.discard(reply_key)
+                if not self._retrying:
+                    # Nothing is failing any more (the rest settled or went to the dead-letter queue).
                     self._health.up(REPLY_EXCHANGE)
-                return
-            attempt += 1
-            self._metrics.retries.labels(REPLY_PUBLISH.name).inc()
-            await self._health.wait_recovery(REPLY_PUBLISH.delay(attempt))
 
-    def _stream_failing(self, reply: int, exc: BaseException) -> bool:
+    def _stream_failing(self, reply_key: str, now: float, exc: BaseException) -> bool:
         """Whether this failure is the exchange's rather than the reply's (see the module's docstring)."""
-        self._failing_replies.add(reply)
+        self._retrying.add(reply_key)
+        self._failing_replies[reply_key] = now
+        for key, failed_at in list(self._failing_replies.items()):
+            if failed_at < now - STREAM_FAILURE_WINDOW_SECONDS:
+                del self._failing_replies[key]
         if len(self._failing_replies) < STREAM_FAILURE_REPLIES and self._health.is_up(REPLY_EXCHANGE):
             return False
-        detail = f"{len(self._failing_replies)} replies failing in a row, none confirmed: {exc!r}"
+        detail = f"{len(self._failing_replies)} replies failing, none confirmed since: {exc!r}"
         self._health.down(REPLY_EXCHANGE, type(exc).__name__, detail)
         return True
 

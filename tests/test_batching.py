@@ -6,9 +6,11 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
 from aiormq.exceptions import ChannelInvalidStateError, ConnectionClosed
 from botocore.exceptions import ClientError
 
+from lamassu_aws_connector import inbound
 from lamassu_aws_connector.config import Settings
 from lamassu_aws_connector.events import parse_structured
 from lamassu_aws_connector.inbound import InboundPipeline
@@ -475,6 +477,20 @@ async def test_when_every_reply_fails_alike_the_exchange_is_down_and_nothing_is_
     assert [exchange for exchange, _, _ in amqp.published] == ["lamassu-events"] * 5  # relayed, none dead-lettered
     assert set().union(*sqs.deleted) == {f"r{n}" for n in range(5)}
     assert down_seen == [True] and pipeline._health.is_up("amqp_reply_exchange")  # down once, up again
+
+
+async def test_replies_failing_alike_are_held_for_a_bounded_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three replies too big for a subscriber's max-length-bytes look like an outage: they are held,
+    but not for ever; then they spend their attempts and are dead-lettered, and readiness is back."""
+    monkeypatch.setattr(inbound, "OUTAGE_HOLD_SECONDS", 0.5)
+    big = "io.lamassu.big"
+    amqp = ReplyAmqp({big: [TimeoutError() for _ in range(1000)]})
+    sqs = RecordingSqs()
+    pipeline = _inbound(amqp, sqs, reply_max_attempts=2)
+    await asyncio.wait_for(pipeline._handle_batch([_reply(n, type=big) for n in range(3)]), 60)
+    codes = [message.headers["x-error-code"] for exchange, _, message in amqp.published if not exchange]
+    assert codes == ["attempts_exhausted"] * 3
+    assert pipeline._health.is_up("amqp_reply_exchange")
 
 
 async def test_a_lost_connection_spends_no_attempts() -> None:
