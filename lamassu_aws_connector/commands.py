@@ -62,12 +62,18 @@ class ConfigCache:
         self._clock = clock
         self._kept: tuple[dict[str, Any], float] | None = None
 
-    def observe(self, reply: CloudEvent) -> None:
-        """Every reply relayed (and every one a ``GET /v1/config`` waited for) passes here."""
+    def observe(self, reply: CloudEvent) -> bool:
+        """Every reply relayed (and every one a ``GET /v1/config`` waited for) passes here; True for a
+        reply about a CA, which drops the configuration (the other replicas' too: fleet.py)."""
         if reply.type == CONFIG_RESPONSE and isinstance(reply.data, dict):
             self._kept = (reply.data, self._clock())
         elif reply.type.startswith(_CA_REPLIES):
-            self._kept = None  # the registered CAs it lists may have changed
+            self.drop()  # the registered CAs it lists may have changed
+            return True
+        return False
+
+    def drop(self) -> None:
+        self._kept = None
 
     def get(self) -> tuple[dict[str, Any], float] | None:
         """The configuration and its age in seconds, while younger than the maximum age."""

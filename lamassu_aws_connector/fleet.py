@@ -12,6 +12,9 @@ out on it, each a small AMQP message:
   command (orphan, unsolicited), are counted here and announced to nobody: most replies cost the
   fleet nothing (measured: announcing every reply doubled the CPU per reply).
 
+With ``actions.config_cache``, a reply about a CA relayed here is announced as ``config_drop``: every
+replica drops its kept AWS IoT configuration, not only this one.
+
 A replica that joins (a start, a scale-up, a restart, a reconnect that re-created its queue) missed
 the ``command`` announcements of what is outstanding, yet may be the one that relays the replies:
 it says ``hello``, and every other replica answers with ``commands``, the list of its own commands
@@ -31,6 +34,7 @@ import contextlib
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
@@ -51,8 +55,17 @@ _SNAPSHOT_CHUNK = 500  # commands per ``commands`` message: ~50 KB, far below an
 
 
 class Fleet:
-    def __init__(self, settings: Settings, amqp: AmqpGateway, correlation: CorrelationTable, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        amqp: AmqpGateway,
+        correlation: CorrelationTable,
+        metrics: Metrics,
+        *,
+        on_config_drop: Callable[[], None] | None = None,
+    ) -> None:
         self._exchange = settings.correlation.fleet_exchange
+        self._on_config_drop = on_config_drop  # GET /v1/config's cache (actions.config_cache)
         self._amqp = amqp
         self._correlation = correlation
         self._metrics = metrics
@@ -124,6 +137,9 @@ class Fleet:
                     )
             elif kind == "hello" and origin != self.replica:
                 self._share_outstanding()
+            elif kind == "config_drop" and origin != self.replica:
+                if self._on_config_drop is not None:
+                    self._on_config_drop()
             elif kind == "commands" and origin != self.replica:
                 for key, event_id, event_type in orjson.loads(message.body)["commands"]:
                     self._correlation.on_command_announced(str(key), str(event_id), str(event_type))

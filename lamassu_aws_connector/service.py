@@ -22,6 +22,7 @@ from .claimcheck import BucketMissing, ClaimCheck
 from .commands import CommandApi, ConfigCache
 from .config import Settings
 from .correlation import CorrelationTable
+from .events import CloudEvent
 from .fleet import Fleet
 from .health import COMMAND_QUEUE, REPLY_EXCHANGE, RESPONSE_QUEUE, S3, DependencyHealth
 from .http import OpsServer
@@ -58,6 +59,7 @@ class Service:
         self.health = DependencyHealth(self.metrics, dependencies)
         self.commands: CommandApi | None = None
         self.config_cache: ConfigCache | None = None  # GET /v1/config (actions.config_cache)
+        self.fleet: Fleet | None = None
         if settings.http.commands:
             token = settings.http.auth_token.get_secret_value() if settings.http.auth_token else None
             self.config_cache = (
@@ -69,6 +71,12 @@ class Service:
         routes = self.commands.routes() if self.commands is not None else []
         self.http = OpsServer(settings.http, self.metrics, self.readiness, routes)
         self.metrics.build_info.labels(version=__version__).set(1)
+
+    def _observe_relayed(self, reply: CloudEvent) -> None:
+        """The config cache sees every reply relayed here; a reply about a CA drops every replica's."""
+        assert self.config_cache is not None
+        if self.config_cache.observe(reply) and self.fleet is not None:
+            self.fleet.announce("config_drop", {})
 
     def readiness(self) -> dict[str, bool]:
         """What /readyz reports: every part must be up for the pod to receive traffic.
@@ -158,12 +166,16 @@ class Service:
                 correlation=correlation,
                 health=self.health,
                 actions=actions,
-                on_relayed=self.config_cache.observe if self.config_cache is not None else None,
+                on_relayed=self._observe_relayed if self.config_cache is not None else None,
             )
             self.correlation.start()
             stack.push_async_callback(self.correlation.stop)
             if settings.correlation.enabled and settings.correlation.fleet:
-                fleet = Fleet(settings, amqp, self.correlation, self.metrics)
+                cache = self.config_cache
+                fleet = Fleet(
+                    settings, amqp, self.correlation, self.metrics, on_config_drop=cache.drop if cache else None
+                )
+                self.fleet = fleet
                 try:
                     await fleet.start()
                 except Exception as exc:

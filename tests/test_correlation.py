@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from lamassu_aws_connector.commands import ConfigCache
-from lamassu_aws_connector.config import CorrelationConfig
+from lamassu_aws_connector.config import CorrelationConfig, Settings
 from lamassu_aws_connector.correlation import (
     FLEET_GRACE_SECONDS,
     MATCHED,
@@ -27,6 +27,7 @@ from lamassu_aws_connector.correlation import (
     CorrelationTable,
 )
 from lamassu_aws_connector.events import CloudEvent, parse_amqp, parse_structured
+from lamassu_aws_connector.fleet import Fleet
 from lamassu_aws_connector.inbound import _trace_context as inbound_trace
 from lamassu_aws_connector.metrics import Metrics
 from lamassu_aws_connector.outbound import _trace_context as outbound_trace
@@ -394,6 +395,39 @@ def test_the_config_cache_keeps_the_latest_configuration_until_a_ca_changes_or_i
     assert cache.get() is None  # too old
 
 
+async def test_a_ca_reply_relayed_by_one_replica_drops_every_replicas_kept_configuration() -> None:
+    settings = Settings(http={"commands": True, "host": "127.0.0.1"}, actions={"config_cache": True})
+    caches = [ConfigCache(300) for _ in range(2)]
+    fleets = [
+        Fleet(settings, None, CorrelationTable(settings.correlation, Metrics()), Metrics(), on_config_drop=c.drop)  # type: ignore[arg-type]
+        for c in caches
+    ]
+    config = ce(event("io.lamassu.iotcore.config.response", data={"account_id": "1", "iot_core_endpoint": "e"}))
+    for cache in caches:
+        cache.observe(config)
+    announced: list[tuple[str, dict[str, Any]]] = []
+    fleets[0].announce = lambda kind, payload: announced.append((kind, payload))  # type: ignore[method-assign]
+    service = Service(settings)
+    service.config_cache, service.fleet = caches[0], fleets[0]
+    service._observe_relayed(ce(event("io.lamassu.iotcore.config.response", data=config.data)))
+    assert announced == []  # a configuration is no news for the others
+    service._observe_relayed(
+        ce(event("io.lamassu.iotcore.ca.status.update", data={"ca_name": "c", "status": "INACTIVE"}))
+    )
+    assert announced == [("config_drop", {})] and caches[0].get() is None
+
+    class Announcement:
+        type, body = "config_drop", b"{}"
+
+        def __init__(self, origin: str) -> None:
+            self.headers = {"replica": origin}
+
+    await fleets[1]._on_announcement(Announcement(fleets[1].replica))  # type: ignore[arg-type]
+    assert caches[1].get() is not None  # its own announcement comes back to it: nothing to do
+    await fleets[1]._on_announcement(Announcement(fleets[0].replica))  # type: ignore[arg-type]
+    assert caches[1].get() is None
+
+
 @pytest.mark.integration
 async def test_get_config_asks_aws_once_and_serves_the_kept_configuration(world: World) -> None:
     """The Go connector's GET /v1/config: the first caller's request goes to SQS, later ones are served
@@ -443,6 +477,30 @@ async def test_get_config_asks_aws_once_and_serves_the_kept_configuration(world:
                 await lambda_task
         assert metric(service, "api_commands", outcome="cached") == 3
         assert metric(service, "api_commands", outcome="replied") == 2
+
+
+@pytest.mark.integration
+async def test_get_config_callers_share_one_requests_failure_too(world: World) -> None:
+    """Nobody answers: the callers waiting together get the one request's 504, not one request each."""
+    token = "t0ken-for-the-config-cache"
+    settings = world.settings(
+        http={"commands": True, "commands_timeout_seconds": 1.0, "auth_token": token}, actions={"config_cache": True}
+    )
+    async with (
+        running(settings) as service,
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session,
+    ):
+        url = f"http://127.0.0.1:{service.http.port}/v1/config"
+
+        async def get() -> int:
+            async with session.get(url) as response:
+                return response.status
+
+        assert await asyncio.gather(get(), get(), get()) == [504, 504, 504]
+        command_url = await world.sqs_url(world.command_queue)
+        received = await world.sqs.receive_message(QueueUrl=command_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+        assert len(received.get("Messages", [])) == 1  # one config.request for the three callers
+        assert metric(service, "api_commands", outcome="timeout") == 3
 
 
 @pytest.mark.integration
