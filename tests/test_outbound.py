@@ -156,7 +156,7 @@ async def test_malformed_input_is_dead_lettered_with_its_code(world: World) -> N
     assert named["truncated"] == (None, None)  # cut inside its id
     assert named["time_js"] == (v1_update["id"], v1_update["type"])  # JSON, not a valid CloudEvent
     assert named["too_large"] == (oversized["id"], oversized["type"])
-    assert named["duplicate_member"] == ("dup", "device.create")  # what a last-wins reader sees
+    assert named["duplicate_member"] == ("dup", "ca.create (and device.create)")  # both readings of the type
     assert named["nested_5000_deep"] == ("deeper", "t")
     assert named["binary_nested_300_deep"] == ("binary-deep", binary_deep["ce-type"])  # from its ce- headers
     assert named["array"] == (None, None)
