@@ -191,6 +191,12 @@ async def fake_lambda(world: World, answer: dict[str, Any], seen: list[dict[str,
             await world.sqs.delete_message(QueueUrl=command_url, ReceiptHandle=message["ReceiptHandle"])
 
 
+async def cancelled(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def v1_config_reply(command: dict[str, Any], attrs: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
     # The v1 Lambda echoes the request id and carries the trace context on as message attributes.
     reply = event("io.lamassu.iotcore.config.response", command["id"], {"account_id": "1", "iot_core_endpoint": "e"})
@@ -245,9 +251,7 @@ async def test_commands_and_replies_are_correlated_through_sqs(world: World) -> 
             )
             replies = await world.take_amqp(observer.name, 4)
         finally:
-            lambda_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await lambda_task
+            await cancelled(lambda_task)
         registry = service.metrics.registry
         assert (
             registry.get_sample_value(
@@ -367,9 +371,7 @@ async def test_commands_api_round_trip_invalid_and_timeout(world: World) -> None
                 async with session.post(base, data=b"{}", headers=lower_case_scheme) as response:
                     assert response.status == 400
         finally:
-            lambda_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await lambda_task
+            await cancelled(lambda_task)
         assert metric(service, "api_commands", outcome="replied") == 1
         assert metric(service, "api_commands", outcome="invalid") == 4
         assert metric(service, "api_commands", outcome="timeout") == 1
@@ -472,9 +474,7 @@ async def test_get_config_asks_aws_once_and_serves_the_kept_configuration(world:
                 status, body, _ = await get()
                 assert status == 200 and body["account_id"] == "2" and len(seen) == 2
         finally:
-            lambda_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await lambda_task
+            await cancelled(lambda_task)
         assert metric(service, "api_commands", outcome="cached") == 3
         assert metric(service, "api_commands", outcome="replied") == 2
 
