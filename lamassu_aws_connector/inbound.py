@@ -444,7 +444,7 @@ class InboundPipeline:
                             message_text = f"publishing failed {spent} times (sqs.reply_max_attempts): {exc!r}"
                             raise _PublishFailed(ErrorCode.ATTEMPTS_EXHAUSTED, message_text) from exc
                 else:
-                    if reply_key:
+                    if reply_key and self._failing_replies:  # confirmed again: whatever failed was not the exchange
                         self._failing_replies.clear()
                         self._health.up(REPLY_EXCHANGE)
                     return
@@ -452,7 +452,7 @@ class InboundPipeline:
                 self._metrics.retries.labels(REPLY_PUBLISH.name).inc()
                 await self._health.wait_recovery(REPLY_PUBLISH.delay(attempt))
         finally:
-            if reply_key:
+            if first_failure is not None:  # this reply failed on the way: it no longer does
                 self._retrying.discard(reply_key)
                 if not self._retrying:
                     # Nothing is failing any more (the rest settled or went to the dead-letter queue).
