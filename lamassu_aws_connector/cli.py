@@ -189,12 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.connect:
             return _check_connections(settings, args.wait)
         print(yaml.safe_dump(settings.masked(), sort_keys=False), end="")
-        if settings.visibility_outlasts_callers():
-            print(
-                "lamassu-aws-connector: warning: sqs.visibility_timeout is not below http.commands_timeout_seconds:"
-                " replies a stopped replica held would reach their callers too late; leave it unset",
-                file=sys.stderr,
-            )
+        advice = settings.visibility_advice()
+        if advice is not None:
+            print(f"lamassu-aws-connector: warning: {advice}", file=sys.stderr)
         return EXIT_OK
     if args.command == "status":
         return _status(settings, args)

@@ -412,10 +412,16 @@ class Settings(BaseSettings):
         # The YAML file arrives as init kwargs; environment variables must override it.
         return (env_settings, init_settings)
 
-    def visibility_outlasts_callers(self) -> bool:
-        """An operator's sqs.visibility_timeout at or above the command API's wait: a reply held by a
-        replica that dies reappears only after its caller on another replica got 504."""
-        return self.http.commands and self.sqs.visibility_timeout >= self.http.commands_timeout_seconds
+    def visibility_advice(self) -> str | None:
+        """A warning when an operator's sqs.visibility_timeout is at or above the command API's wait: a
+        reply held by a replica that dies reappears only after its caller on another replica got 504."""
+        if not (self.http.commands and self.sqs.visibility_timeout >= self.http.commands_timeout_seconds):
+            return None
+        return (
+            f"sqs.visibility_timeout ({self.sqs.visibility_timeout} s) is not below http.commands_timeout_seconds"
+            f" ({self.http.commands_timeout_seconds:g} s): replies a stopped replica held come back after its"
+            " callers' wait; leave it unset (2/3 of the wait) or set it lower"
+        )
 
     def masked(self) -> dict[str, Any]:
         """The effective configuration with every secret replaced, safe to print or log."""

@@ -120,14 +120,9 @@ class Service:
     async def _serve(self) -> int:
         settings = self.settings
         log.info("connector.starting", version=__version__, config=settings.masked())
-        if settings.visibility_outlasts_callers():
-            log.warning(
-                "config.visibility_outlasts_callers",
-                visibility_timeout=settings.sqs.visibility_timeout,
-                commands_timeout_seconds=settings.http.commands_timeout_seconds,
-                detail="replies a stopped replica held come back after its callers' wait; leave "
-                "sqs.visibility_timeout unset (2/3 of the wait) or set it below http.commands_timeout_seconds",
-            )
+        advice = settings.visibility_advice()
+        if advice is not None:
+            log.warning("config.visibility_outlasts_callers", detail=advice)
         async with AsyncExitStack() as stack:
             try:
                 await self.http.start()

@@ -101,5 +101,5 @@ def test_with_the_command_api_on_held_replies_reappear_within_a_callers_wait(tmp
     assert slow.sqs.visibility_timeout == 6
     chosen = load_settings_from(tmp_path, {"http": api, "sqs": {"visibility_timeout": 45}})
     assert chosen.sqs.visibility_timeout == 45  # an operator's choice stands, with a start-up warning
-    assert chosen.visibility_outlasts_callers() and not settings.visibility_outlasts_callers()
-    assert not load_settings_from(tmp_path, {"sqs": {"visibility_timeout": 45}}).visibility_outlasts_callers()
+    assert chosen.visibility_advice() is not None and settings.visibility_advice() is None
+    assert load_settings_from(tmp_path, {"sqs": {"visibility_timeout": 45}}).visibility_advice() is None
